@@ -1,0 +1,254 @@
+"""
+TOML configuration: the embedded defaults, the file an operator writes, and
+the typed settings the rest of the server reads.
+
+Every error is a L{ConfigError} naming the file, the key and what is wrong,
+so an operator can fix it without reading code. Relative paths are taken
+from the directory the server is started in (like twistd's own options).
+"""
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+DEFAULTS_NAME = "<embedded defaults>"
+
+# The embedded defaults: what `twistd -n mailplat` runs with no --config.
+# Unprivileged ports on loopback, all state under ./var.
+DEFAULT_TOML = """
+[server]
+hostname = "mail.example.test"
+state_dir = "var"
+
+[domains]
+local = ["example.test"]
+
+[listen]
+smtp = "tcp:port=2525:interface=127.0.0.1"
+submission = "tcp:port=5587:interface=127.0.0.1"
+smtps = "tcp:port=4465:interface=127.0.0.1"
+pop3 = "tcp:port=1110:interface=127.0.0.1"
+pop3s = "tcp:port=1995:interface=127.0.0.1"
+
+[tls]
+
+[realm]
+backend = "passwd-file"
+
+[store]
+backend = "maildir"
+path = "%s/mail/%%d/%%n"
+
+[delivery]
+local = "maildir"
+
+[aliases]
+
+[limits]
+"""
+
+LISTENERS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s")
+TLS_WRAPPED = ("smtps", "imaps", "pop3s")
+
+# key -> (type, default); the [limits] table.
+LIMIT_KEYS = {
+    "message_size": (int, 50 * 1024 * 1024),
+    "line_length": (int, 16 * 1024),
+    "recipients": (int, 1000),
+    "connections_per_ip": (int, 50),
+    "command_timeout": (int, 300),
+    "data_timeout": (int, 600),
+    "auth_failures": (int, 5),
+    "auth_failure_window": (int, 600),
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, said so that an operator can fix it."""
+
+    def __init__(self, source, key, problem):
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: " if source else ""
+        keytext = f"{key}: " if key else ""
+        super().__init__(f"{where}{keytext}{problem}")
+
+
+@dataclass
+class Config:
+    """Typed settings. Paths are absolute."""
+
+    source: str
+    hostname: str
+    state_dir: str
+    local_domains: list
+    listen: dict  # name -> endpoint string, only the ones turned on
+    tls_certificate: str
+    tls_key: str
+    tls_create: bool
+    allow_plaintext_auth: bool
+    realm: dict  # the [realm] table, "backend" included, paths absolute
+    store: dict
+    delivery: dict
+    aliases_path: str | None
+    limits: dict
+    raw: dict = field(repr=False, default_factory=dict)
+
+    def is_local_domain(self, domain):
+        return domain.lower() in self.local_domains
+
+    def section(self, name):
+        """The raw table for a plugin's own keys (e.g. [delivery.lmtp])."""
+        return self.raw.get(name, {})
+
+
+def _merge(base, override):
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _absolute(path, base):
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+
+def load(path=None, cwd=None):
+    """
+    Read the configuration.
+
+    @param path: the TOML file, or None for the embedded defaults alone.
+    @raise ConfigError: naming the file, the key and the problem.
+    """
+    cwd = cwd or os.getcwd()
+    defaults = tomllib.loads(DEFAULT_TOML % "var")
+    if path is None:
+        return _build(defaults, DEFAULTS_NAME, cwd)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found")
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, f"not valid TOML: {e}")
+    merged = _merge(defaults, {k: v for k, v in data.items() if k != "listen"})
+    # A config file says which services run: a missing [listen] key is off.
+    merged["listen"] = data.get("listen", {})
+    # Paths under the state dir follow a state_dir the file sets.
+    if "state_dir" in data.get("server", {}) and "path" not in data.get("store", {}):
+        merged["store"]["path"] = os.path.join(data["server"]["state_dir"], "mail/%d/%n")
+    return _build(merged, path, cwd)
+
+
+def _expect(source, table, key, kind, typ, required=False, default=None):
+    value = table.get(key, default)
+    if value is None:
+        if required:
+            raise ConfigError(source, f"{kind}.{key}", "is required")
+        return None
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        name = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}
+        raise ConfigError(
+            source, f"{kind}.{key}", f"must be {name.get(typ, typ.__name__)}, not {value!r}"
+        )
+    return value
+
+
+def _table(source, data, name):
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(source, name, "must be a table")
+    return value
+
+
+KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay"}
+
+
+def _build(data, source, cwd):
+    for name in data:
+        if name not in KNOWN_TABLES and not isinstance(data[name], dict):
+            raise ConfigError(source, name, "unknown top-level key")
+    server = _table(source, data, "server")
+    hostname = _expect(source, server, "hostname", "server", str, required=True)
+    if not hostname or any(c.isspace() for c in hostname):
+        raise ConfigError(source, "server.hostname", f"not a host name: {hostname!r}")
+    state_dir = _absolute(_expect(source, server, "state_dir", "server", str, required=True), cwd)
+
+    domains = _table(source, data, "domains")
+    local = _expect(source, domains, "local", "domains", list, default=[])
+    for d in local:
+        if not isinstance(d, str) or not d or "@" in d:
+            raise ConfigError(source, "domains.local", f"not a domain name: {d!r}")
+    local_domains = [d.lower().rstrip(".") for d in local]
+
+    listen_table = _table(source, data, "listen")
+    listen = {}
+    for name, value in listen_table.items():
+        if name not in LISTENERS:
+            raise ConfigError(
+                source, f"listen.{name}", f"unknown service; known: {', '.join(LISTENERS)}"
+            )
+        value = _expect(source, listen_table, name, "listen", str)
+        if value:
+            listen[name] = value
+
+    tls = _table(source, data, "tls")
+    cert = _expect(source, tls, "certificate", "tls", str) or os.path.join(state_dir, "tls", "cert.pem")
+    key = _expect(source, tls, "key", "tls", str) or os.path.join(state_dir, "tls", "key.pem")
+    tls_create = _expect(source, tls, "create_self_signed", "tls", bool, default=True)
+    plaintext_auth = _expect(source, tls, "allow_plaintext_auth", "tls", bool, default=False)
+
+    realm = dict(_table(source, data, "realm"))
+    _expect(source, realm, "backend", "realm", str, required=True)
+    realm.setdefault("path", os.path.join(state_dir, "users"))
+    realm["path"] = _absolute(_expect(source, realm, "path", "realm", str), cwd)
+
+    store = dict(_table(source, data, "store"))
+    _expect(source, store, "backend", "store", str, required=True)
+    spath = _expect(source, store, "path", "store", str, required=True)
+    store["path"] = _absolute(spath, cwd)
+
+    delivery = dict(_table(source, data, "delivery"))
+    _expect(source, delivery, "local", "delivery", str, required=True)
+
+    aliases = _table(source, data, "aliases")
+    apath = _expect(source, aliases, "path", "aliases", str)
+    aliases_path = _absolute(apath, cwd) if apath else None
+
+    limits_table = _table(source, data, "limits")
+    limits = {}
+    for name, value in limits_table.items():
+        if name not in LIMIT_KEYS:
+            raise ConfigError(
+                source, f"limits.{name}", f"unknown limit; known: {', '.join(LIMIT_KEYS)}"
+            )
+    for name, (typ, default) in LIMIT_KEYS.items():
+        value = _expect(source, limits_table, name, "limits", typ, default=default)
+        if value <= 0:
+            raise ConfigError(source, f"limits.{name}", f"must be positive, not {value}")
+        limits[name] = value
+
+    return Config(
+        source=source,
+        hostname=hostname,
+        state_dir=state_dir,
+        local_domains=local_domains,
+        listen=listen,
+        tls_certificate=_absolute(cert, cwd),
+        tls_key=_absolute(key, cwd),
+        tls_create=tls_create,
+        allow_plaintext_auth=plaintext_auth,
+        realm=realm,
+        store=store,
+        delivery=delivery,
+        aliases_path=aliases_path,
+        limits=limits,
+        raw=data,
+    )

@@ -1,0 +1,1 @@
+"""Delivery agents: what happens to an accepted message."""

@@ -1,0 +1,92 @@
+"""
+Local delivery: each accepted recipient is a user of the realm; the message
+goes into their INBOX in the store, with a Return-Path header on top
+(RFC 5321 4.4: added at final delivery).
+
+All or nothing: if any recipient's copy cannot be written, the copies
+already written are taken back and the whole transaction fails with a
+temporary error, so the client retries and no recipient loses mail.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailplat.interfaces import (
+    IDeliveryAgent,
+    IDeliveryTransaction,
+    NoSuchUser,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from mailplat.store.source import PrefixedSource
+
+log = Logger()
+
+
+def return_path(sender):
+    return f"Return-Path: <{sender}>\n".encode("utf-8")
+
+
+@implementer(IDeliveryAgent)
+class LocalDelivery:
+    """Deliver to users of `realm` through `store`."""
+
+    def __init__(self, realm, store, local_domains):
+        self.realm = realm
+        self.store = store
+        self.local_domains = {d.lower() for d in local_domains}
+
+    def start(self, envelope):
+        return LocalTransaction(self, envelope)
+
+
+@implementer(IDeliveryTransaction)
+class LocalTransaction:
+    def __init__(self, agent, envelope):
+        self.agent = agent
+        self.envelope = envelope
+        self.recipients = []  # (canonical address, folder or None)
+
+    def add_recipient(self, address):
+        domain = address.rpartition("@")[2].lower()
+        if domain not in self.agent.local_domains:
+            return defer.fail(PermanentFailure(f"{domain} is not a local domain", "5.7.1", 550))
+        d = self.agent.realm.lookup(address)
+
+        def found(canonical):
+            if canonical is None:
+                raise NoSuchUser(address)
+            self.recipients.append((canonical, None))
+
+        return d.addCallback(found)
+
+    def deliver(self, source):
+        if not self.recipients:
+            return defer.fail(PermanentFailure("no valid recipients", "5.5.1", 554))
+        prefixed = PrefixedSource(return_path(self.envelope.sender), source)
+        results = [
+            self.agent.store.deliver(address, prefixed, folder) for address, folder in self.recipients
+        ]
+        return defer.DeferredList(results, consumeErrors=True).addCallback(self._settle)
+
+    def _settle(self, results):
+        failures = [r for ok, r in results if not ok]
+        if not failures:
+            return [key for _, key in results]
+        delivered = [(addr, key) for (addr, _), (ok, key) in zip(self.recipients, results) if ok]
+        for failure in failures:
+            log.failure("local delivery failed", failure)
+        undo = [self._take_back(addr, key) for addr, key in delivered]
+        first = failures[0]
+        temporary = [f for f in failures if not f.check(PermanentFailure)]
+        reason = (temporary or [first])[0].value
+        if not isinstance(reason, (TemporaryFailure, PermanentFailure)):
+            reason = TemporaryFailure("local delivery failed")
+        return defer.DeferredList(undo, consumeErrors=True).addCallback(lambda _: defer.fail(reason))
+
+    def _take_back(self, address, key):
+        return self.agent.store.inbox(address).addCallback(lambda folder: folder.remove([key]))
+
+    def abort(self):
+        self.recipients = []

@@ -1,0 +1,1 @@
+"""POP3: the pop3 (STLS) and pop3s listeners."""

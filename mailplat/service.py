@@ -1,0 +1,91 @@
+"""
+Builds the running server: the backends chosen in the config, one portal,
+and one listener per [listen] key, TLS-wrapped for smtps, imaps and pop3s.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from mailplat import plugin, tls
+from mailplat.config import TLS_WRAPPED, ConfigError
+from mailplat.interfaces import BackendContext
+from mailplat.portal import make_portal
+from mailplat.throttle import ConnectionLimiter, LoginThrottle
+
+log = Logger()
+
+
+class Backends:
+    """The realm, store and delivery agent for one configuration."""
+
+    def __init__(self, config):
+        self.config = config
+        context = BackendContext(config)
+        try:
+            self.realm = plugin.build("realm", config.realm["backend"], config.realm, context)
+            context.realm = self.realm
+            self.store = plugin.build("store", config.store["backend"], config.store, context)
+            context.store = self.store
+            self.delivery = plugin.build("delivery", config.delivery["local"], config.delivery, context)
+        except plugin.PluginError as e:
+            raise ConfigError(config.source, None, str(e))
+
+
+def make_service(config):
+    """
+    @raise ConfigError: for anything that stops the server from starting.
+    """
+    from mailplat.pop3.server import POP3Factory
+    from mailplat.smtp.server import SMTPFactory
+
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    backends = Backends(config)
+    portal = make_portal(backends.realm, backends.store)
+    context = tls.context_factory(config)
+    limits = config.limits
+    # One throttle and one connection count per client address, across
+    # every protocol: a password guesser gets no fresh start on another port.
+    throttle = LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
+    connections = ConnectionLimiter(limits["connections_per_ip"])
+    spool = os.path.join(config.state_dir, "tmp")
+    shared = dict(throttle=throttle, connections=connections, allow_plaintext_auth=config.allow_plaintext_auth)
+
+    def smtp(policy):
+        return SMTPFactory(
+            policy,
+            config.hostname,
+            backends.delivery,
+            portal,
+            config.local_domains,
+            limits,
+            spool,
+            tls_context=context,
+            **shared,
+        )
+
+    makers = {
+        "smtp": lambda: smtp("mx"),
+        "submission": lambda: smtp("submission"),
+        "smtps": lambda: smtp("smtps"),
+        "pop3": lambda: POP3Factory(portal, context, limits, **shared),
+        "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
+    }
+    top = service.MultiService()
+    top.backends = backends
+    for name, endpoint in config.listen.items():
+        if name not in makers:
+            log.warn("[listen] {name}: not available in this version; not started", name=name)
+            continue
+        factory = makers[name]()
+        if name in TLS_WRAPPED:
+            factory = TLSMemoryBIOFactory(context, False, factory)
+        try:
+            svc = strports.service(endpoint, factory)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
+        svc.setName(name)
+        svc.setServiceParent(top)
+    return top

@@ -1,0 +1,1 @@
+"""SMTP: the MX, submission and SMTPS listeners."""

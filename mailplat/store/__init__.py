@@ -1,0 +1,1 @@
+"""Mailbox stores: where mail lives and how the protocols see it."""

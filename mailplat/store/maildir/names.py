@@ -1,0 +1,93 @@
+"""
+Maildir file names, as the maildir spec and Dovecot write them:
+
+    <seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<vsize>:2,<flags>
+
+The part before `:2,` is the message's stable key (POP3 UIDL, the uidlist);
+`S=` is the file size and `W=` the size with CRLF line ends (what POP3 and
+IMAP report), so listing a folder need not open the messages.
+"""
+
+import itertools
+import os
+import socket
+import time
+
+# maildir spec: info flags, in ASCII order, mapped to IMAP system flags.
+FLAG_LETTERS = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "P": "$Forwarded",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+LETTER_FOR_FLAG = {v.lower(): k for k, v in FLAG_LETTERS.items()}
+
+_counter = itertools.count(1)
+
+
+def _safe_host():
+    # maildir spec: '/' and ':' in the host name are written as octal escapes.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+HOST = _safe_host()
+
+
+def unique_name(now=None):
+    """A name no other delivery on any host will pick (time, usec, pid, counter, host)."""
+    now = time.time() if now is None else now
+    seconds = int(now)
+    usec = int((now - seconds) * 1_000_000)
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{HOST}"
+
+
+def with_sizes(base, size, vsize):
+    return f"{base},S={size},W={vsize}"
+
+
+def split_info(filename):
+    """'key:2,FS' -> ('key', 'FS'); a name without info -> (name, '')."""
+    key, sep, info = filename.partition(":")
+    if sep and info.startswith("2,"):
+        return key, info[2:]
+    return key, ""
+
+
+def sizes_from_key(key):
+    """(S, W) from the ,S= and ,W= fields of a key; None where absent."""
+    size = vsize = None
+    for field in key.split(",")[1:]:
+        if field.startswith("S="):
+            size = _int_or_none(field[2:])
+        elif field.startswith("W="):
+            vsize = _int_or_none(field[2:])
+    return size, vsize
+
+
+def _int_or_none(text):
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def flags_from_info(letters):
+    return frozenset(FLAG_LETTERS[c] for c in letters if c in FLAG_LETTERS)
+
+
+def info_from_flags(flags, keep=""):
+    """Flags -> sorted info letters; `keep` carries letters we don't map (keywords)."""
+    letters = {LETTER_FOR_FLAG[f.lower()] for f in flags if f.lower() in LETTER_FOR_FLAG}
+    letters.update(c for c in keep if c not in FLAG_LETTERS)
+    return "".join(sorted(letters))
+
+
+def sort_key(key):
+    """Arrival order: by the seconds prefix, then the rest of the name."""
+    head, _, rest = key.partition(".")
+    try:
+        return (int(head), rest)
+    except ValueError:
+        return (0, key)

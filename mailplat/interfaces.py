@@ -173,6 +173,162 @@ class IMailStore(Interface):
     def inbox(address):
         """@return: Deferred firing with the user's INBOX as an L{IFolder}."""
 
+    def account(address):
+        """
+        @return: Deferred firing with the user's L{IMailAccount} (created on
+            first use, with the special-use folders Sent, Drafts, Trash,
+            Junk and Archive).
+        """
+
+
+# --- IMAP view of a store ----------------------------------------------------
+
+
+class IMessageInfo(Interface):
+    """One message as a folder's index knows it (no need to open the file)."""
+
+    uid = Attribute("IMAP UID (int), strictly ascending in arrival order.")
+    key = Attribute("The store's stable name for the message (str).")
+    size = Attribute("RFC822.SIZE: octets with CRLF line ends.")
+    flags = Attribute("frozenset of flags and keywords ('\\Seen', '$Junk'); never \\Recent.")
+    internaldate = Attribute("Arrival time, seconds since the epoch (float).")
+
+
+class FolderEvent:
+    """
+    A change to a folder, published to every session that watches it.
+
+    kind: 'exists' (new messages), 'flags' (flags changed), 'expunge'
+    (messages removed); uids: the UIDs concerned; origin: the object that
+    made the change (a session ignores its own), or None for the store or
+    an outside program.
+    """
+
+    __slots__ = ("kind", "uids", "origin")
+
+    def __init__(self, kind, uids, origin=None):
+        self.kind = kind
+        self.uids = tuple(uids)
+        self.origin = origin
+
+    def __repr__(self):
+        return f"<FolderEvent {self.kind} {self.uids}>"
+
+
+class IMailFolder(Interface):
+    """
+    A folder with IMAP semantics: UIDs, UIDVALIDITY, flags, a metadata
+    cache, and change notification. One object per (user, folder) per
+    process, shared by every session that opens it.
+    """
+
+    name = Attribute("The folder's IMAP name ('INBOX', 'Archive.2025').")
+    uidvalidity = Attribute("int; changes only if the folder's UID list is lost.")
+    uidnext = Attribute("int; the UID the next message will get.")
+
+    def sync():
+        """
+        Bring the view up to date with the disk: new messages (delivered,
+        or dropped in by other programs) get the next UIDs, vanished ones
+        are dropped, flags changed by other programs are re-read. Cheap when
+        nothing changed. Publishes the differences as FolderEvents.
+
+        @return: Deferred firing with the list of L{IMessageInfo}, by UID.
+        """
+
+    def messages():
+        """The list of L{IMessageInfo} as of the last sync, by UID (no I/O)."""
+
+    def open(uid):
+        """
+        @return: Deferred firing with a binary file of the message as stored
+            (LF line ends); fails with KeyError if it is gone.
+        """
+
+    def cached(uid, field):
+        """A value the protocol computed once for this message (e.g.
+        'envelope', 'bodystructure'), kept in the folder's index; None if
+        absent. Values are JSON-serialisable."""
+
+    def cache(uid, field, value):
+        """Remember `value` for `cached`; written to the index lazily."""
+
+    def store_flags(uids, flags, mode, origin=None):
+        """
+        Change flags: mode '+' adds, '-' removes, '=' replaces.
+        @return: Deferred firing with {uid: new frozenset of flags} for the
+            messages that still exist.
+        """
+
+    def append(source, flags=(), internaldate=None, origin=None):
+        """
+        Add a message (IMAP APPEND, a copy). Durable when the Deferred fires.
+        @param source: an L{IMessageSource}.
+        @return: Deferred firing with the new UID.
+        """
+
+    def copy_to(uids, target, origin=None):
+        """@return: Deferred firing with [(source uid, new uid in target)]."""
+
+    def move_to(uids, target, origin=None):
+        """Copy then remove (RFC 6851). @return: as L{copy_to}."""
+
+    def expunge(uids=None, origin=None):
+        """
+        Remove the messages flagged \\Deleted (only those among `uids` when
+        given, for UID EXPUNGE). @return: Deferred firing with the removed UIDs.
+        """
+
+    def claim_recent(uids):
+        """
+        RFC 3501 \\Recent: the first session to see a message is told it is
+        recent; later ones are not. @return: the subset of `uids` that this
+        call is the first to claim.
+        """
+
+    def subscribe(callback):
+        """
+        Call `callback(event)` with each L{FolderEvent}; also makes the
+        folder watch the disk for outside changes while anyone listens.
+        @return: a no-argument callable that unsubscribes.
+        """
+
+
+class IMailAccount(Interface):
+    """One user's folders, as IMAP sees them."""
+
+    address = Attribute("The user's canonical address.")
+    separator = Attribute("Hierarchy separator ('.' for Maildir++).")
+
+    def folders():
+        """
+        @return: Deferred firing with [(name, attributes)], attributes a
+            frozenset such as {'\\HasNoChildren', '\\Sent'} (RFC 6154).
+        """
+
+    def folder(name):
+        """@return: Deferred firing with the L{IMailFolder}; fails with
+        KeyError if there is no such folder."""
+
+    def create(name, special_use=None):
+        """Create a folder (and missing parents). Fails with ValueError if
+        it exists or the name is not allowed."""
+
+    def delete(name):
+        """Delete a folder. Fails with KeyError / ValueError (INBOX)."""
+
+    def rename(old, new):
+        """Rename a folder; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
+
+    def subscriptions():
+        """@return: Deferred firing with the subscribed folder names."""
+
+    def subscribe(name):
+        """Add to the subscriptions."""
+
+    def unsubscribe(name):
+        """Remove from the subscriptions."""
+
 
 # --- delivery --------------------------------------------------------------
 

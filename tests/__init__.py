@@ -1,0 +1,1 @@
+"""mailplat's trial suites: `python -m twisted.trial tests`."""

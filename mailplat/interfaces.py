@@ -173,6 +173,10 @@ class IMailStore(Interface):
     def inbox(address):
         """@return: Deferred firing with the user's INBOX as an L{IFolder}."""
 
+
+class IFolderStore(IMailStore):
+    """A store IMAP can serve: folders with UIDs, flags and notifications."""
+
     def account(address):
         """
         @return: Deferred firing with the user's L{IMailAccount} (created on

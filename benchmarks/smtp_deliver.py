@@ -146,6 +146,7 @@ def main():
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--mode", choices=("connect", "reuse", "pipelined"), default="connect")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--profile", metavar="FILE", help="run the server under cProfile, stats to FILE")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="mailplat-bench-")
@@ -160,7 +161,9 @@ def main():
         f.write(CONFIG.format(state=state, port=port))
     server = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-         "--logfile", os.path.join(workdir, "server.log"), "mailplat", "--config", config],
+         "--logfile", os.path.join(workdir, "server.log")]
+        + (["--profile", os.path.abspath(args.profile), "--profiler", "cprofile", "--savestats"] if args.profile else [])
+        + ["mailplat", "--config", config],
         cwd=workdir,
     )
     try:
@@ -201,8 +204,11 @@ def main():
               f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
         print(f"server peak RSS     {peak_rss_kb(server.pid) / 1024:.1f} MB")
     finally:
-        server.terminate()
-        server.wait(10)
+        server.send_signal(2)  # SIGINT: a clean reactor stop, so --profile saves its stats
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ number and skipped; every other user keeps working.
 import os
 import tempfile
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -131,17 +131,18 @@ class PasswdFileRealm:
             stored = self._current().get(address)
         except TemporaryFailure:
             return defer.fail()
-        if stored is None:
+        known = stored is not None
+        if not known:
             # Spend the same time as a real check so that timing does not
             # tell which addresses exist.
-            stored = _DUMMY_HASH
+            stored = passwords.dummy_hash()
         if self._verify_in_thread:
-            d = threads.deferToThread(passwords.verify, stored, password)
+            d = passwords.verify_later(stored, password)
         else:
             d = defer.succeed(passwords.verify(stored, password))
 
         def decide(ok):
-            if ok and stored is not _DUMMY_HASH:
+            if ok and known:
                 if stored.startswith("{PLAIN}") or not stored.startswith("{"):
                     log.warn("{address} has a PLAIN password; rehash it with `mailplat user passwd`", address=address)
                 return address
@@ -223,5 +224,3 @@ class PasswdFileRealm:
             raise NoSuchUser(address)
         self._rewrite(lambda lines: [l for l in lines if self._line_address(l) != address])
 
-
-_DUMMY_HASH = passwords.hash_password("not a real password, only timing")

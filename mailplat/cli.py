@@ -61,10 +61,22 @@ def cmd_check_config(config, args):
 
     if os.path.exists(config.tls_certificate) or not config.tls_create:
         tls.context_factory(config)
+    _check_endpoints(config)
     print(f"{config.source}: OK")
     for name, endpoint in config.listen.items():
         print(f"  {name:<11} {endpoint}")
     return 0
+
+
+def _check_endpoints(config):
+    """Parse each [listen] endpoint as the server will, without listening."""
+    from twisted.internet import endpoints, reactor
+
+    for name, endpoint in config.listen.items():
+        try:
+            endpoints.serverFromString(reactor, endpoint)
+        except (ValueError, TypeError, KeyError) as e:
+            raise configuration.ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
 
 
 def cmd_user(config, args):

@@ -27,6 +27,8 @@ local = ["example.test"]
 smtp = "tcp:port=2525:interface=127.0.0.1"
 submission = "tcp:port=5587:interface=127.0.0.1"
 smtps = "tcp:port=4465:interface=127.0.0.1"
+imap = "tcp:port=1143:interface=127.0.0.1"
+imaps = "tcp:port=1993:interface=127.0.0.1"
 pop3 = "tcp:port=1110:interface=127.0.0.1"
 pop3s = "tcp:port=1995:interface=127.0.0.1"
 
@@ -60,6 +62,7 @@ LIMIT_KEYS = {
     "data_timeout": (int, 600),
     "auth_failures": (int, 5),
     "auth_failure_window": (int, 600),
+    "auth_failure_delay": (int, 1),  # seconds added to each failed login's answer; 0 is allowed
 }
 
 
@@ -92,6 +95,8 @@ class Config:
     store: dict
     delivery: dict
     aliases_path: str | None
+    recipient_delimiter: str
+    restrict_sender: bool
     limits: dict
     raw: dict = field(repr=False, default_factory=dict)
 
@@ -142,8 +147,14 @@ def load(path=None, cwd=None):
     # A config file says which services run: a missing [listen] key is off.
     merged["listen"] = data.get("listen", {})
     # Paths under the state dir follow a state_dir the file sets.
-    if "state_dir" in data.get("server", {}) and "path" not in data.get("store", {}):
-        merged["store"]["path"] = os.path.join(data["server"]["state_dir"], "mail/%d/%n")
+    # (Only a state_dir of the right type: _build names a wrong one.)
+    server, store = data.get("server"), data.get("store")
+    if (
+        isinstance(server, dict)
+        and isinstance(server.get("state_dir"), str)
+        and not (isinstance(store, dict) and "path" in store)
+    ):
+        merged["store"]["path"] = os.path.join(server["state_dir"], "mail/%d/%n")
     return _build(merged, path, cwd)
 
 
@@ -168,7 +179,7 @@ def _table(source, data, name):
     return value
 
 
-KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay"}
+KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp"}
 
 
 def _build(data, source, cwd):
@@ -217,6 +228,10 @@ def _build(data, source, cwd):
 
     delivery = dict(_table(source, data, "delivery"))
     _expect(source, delivery, "local", "delivery", str, required=True)
+    delimiter = _expect(source, delivery, "recipient_delimiter", "delivery", str, default="+")
+    if len(delimiter) > 1 or delimiter in ("@", '"', " "):
+        raise ConfigError(source, "delivery.recipient_delimiter", f"must be one character (or empty), not {delimiter!r}")
+    restrict_sender = _expect(source, _table(source, data, "smtp"), "restrict_sender", "smtp", bool, default=True)
 
     aliases = _table(source, data, "aliases")
     apath = _expect(source, aliases, "path", "aliases", str)
@@ -231,7 +246,7 @@ def _build(data, source, cwd):
             )
     for name, (typ, default) in LIMIT_KEYS.items():
         value = _expect(source, limits_table, name, "limits", typ, default=default)
-        if value <= 0:
+        if value < 0 or (value == 0 and name != "auth_failure_delay"):
             raise ConfigError(source, f"limits.{name}", f"must be positive, not {value}")
         limits[name] = value
 
@@ -249,6 +264,8 @@ def _build(data, source, cwd):
         store=store,
         delivery=delivery,
         aliases_path=aliases_path,
+        recipient_delimiter=delimiter,
+        restrict_sender=restrict_sender,
         limits=limits,
         raw=data,
     )

@@ -449,10 +449,13 @@ class IDeliveryFactory(IBackendFactory):
 class BackendContext:
     """What a plugin may need from the rest of the server when it is built."""
 
-    def __init__(self, config, realm=None, store=None):
+    def __init__(self, config, realm=None, store=None, resolver=None):
         self.config = config  # mailplat.config.Config
         self.realm = realm  # IRealmBackend, set once built
         self.store = store  # IMailStore, set once built
+        # mailplat.delivery.addresses.AddressResolver: aliases, plus tags,
+        # users; set once the realm is built.
+        self.resolver = resolver
 
     @property
     def state_dir(self):

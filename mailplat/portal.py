@@ -1,15 +1,16 @@
 """
 twisted.cred wiring: one portal for every protocol. The checker asks the
 realm backend for passwords; the cred realm hands each protocol the avatar
-it asks for (an IMailUser for SMTP, a POP3 mailbox over the store's INBOX).
+it asks for (an IMailUser for SMTP, a POP3 mailbox over the store's INBOX,
+an IMAP account over the store's IMailAccount).
 """
 
 from twisted.cred import checkers, credentials, error, portal
 from twisted.internet import defer
-from twisted.mail import pop3
+from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
-from mailplat.interfaces import IMailUser
+from mailplat.interfaces import IFolderStore, IMailUser
 
 
 @implementer(IMailUser)
@@ -65,6 +66,11 @@ class MailRealm:
                 return POP3Mailbox.open(self.store, avatarId).addCallback(
                     lambda box: (pop3.IMailbox, box, box.logout)
                 )
+            if interface is imap4.IAccount and IFolderStore.providedBy(self.store):
+                from mailplat.imap.account import IMAPAccount
+
+                d = defer.maybeDeferred(self.store.account, avatarId)
+                return d.addCallback(lambda account: (imap4.IAccount, IMAPAccount(account), lambda: None))
         raise NotImplementedError(f"no avatar for {interfaces}")
 
 

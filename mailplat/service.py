@@ -11,6 +11,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat import plugin, tls
 from mailplat.config import TLS_WRAPPED, ConfigError
+from mailplat.delivery.addresses import AddressResolver
+from mailplat.delivery.aliases import AliasesFile
 from mailplat.interfaces import BackendContext
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
@@ -27,6 +29,11 @@ class Backends:
         try:
             self.realm = plugin.build("realm", config.realm["backend"], config.realm, context)
             context.realm = self.realm
+            self.aliases = AliasesFile(config.aliases_path)
+            self.resolver = AddressResolver(
+                self.realm, self.aliases, config.local_domains, config.recipient_delimiter
+            )
+            context.resolver = self.resolver
             self.store = plugin.build("store", config.store["backend"], config.store, context)
             context.store = self.store
             self.delivery = plugin.build("delivery", config.delivery["local"], config.delivery, context)
@@ -38,8 +45,9 @@ def make_service(config):
     """
     @raise ConfigError: for anything that stops the server from starting.
     """
+    from mailplat.imap.server import IMAPFactory
     from mailplat.pop3.server import POP3Factory
-    from mailplat.smtp.server import SMTPFactory
+    from mailplat.smtp.factory import SMTPFactory
 
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     backends = Backends(config)
@@ -48,7 +56,7 @@ def make_service(config):
     limits = config.limits
     # One throttle and one connection count per client address, across
     # every protocol: a password guesser gets no fresh start on another port.
-    throttle = LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
+    throttle = LoginThrottle.from_limits(limits)
     connections = ConnectionLimiter(limits["connections_per_ip"])
     spool = os.path.join(config.state_dir, "tmp")
     shared = dict(throttle=throttle, connections=connections, allow_plaintext_auth=config.allow_plaintext_auth)
@@ -63,6 +71,8 @@ def make_service(config):
             limits,
             spool,
             tls_context=context,
+            addresses=backends.resolver,
+            restrict_sender=config.restrict_sender,
             **shared,
         )
 
@@ -70,6 +80,8 @@ def make_service(config):
         "smtp": lambda: smtp("mx"),
         "submission": lambda: smtp("submission"),
         "smtps": lambda: smtp("smtps"),
+        "imap": lambda: IMAPFactory(portal, context, limits, **shared),
+        "imaps": lambda: IMAPFactory(portal, context, limits, **shared),
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }

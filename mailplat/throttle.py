@@ -48,6 +48,11 @@ class LoginThrottle:
         self._clock = clock
         self._failures = {}
 
+    @classmethod
+    def from_limits(cls, limits):
+        """From the [limits] table: auth_failures, auth_failure_window, auth_failure_delay."""
+        return cls(limits["auth_failures"], limits["auth_failure_window"], step=limits.get("auth_failure_delay", 1))
+
     def _recent(self, address):
         now = self._clock()
         times = [t for t in self._failures.get(address, ()) if now - t < self.window]

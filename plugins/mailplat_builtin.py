@@ -24,7 +24,7 @@ def _maildir_delivery(section, context):
 
     if not isinstance(context.store, MaildirStore):
         raise ValueError("local delivery 'maildir' needs [store] backend = \"maildir\"")
-    return LocalDelivery(context.realm, context.store, context.config.local_domains)
+    return LocalDelivery(context.resolver, context.store)
 
 
 passwd_file = BackendPlugin(

@@ -6,10 +6,13 @@ reactor keeps serving.
 """
 
 import os
+import shutil
+import socket
 import ssl
 import tempfile
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, tcp, threads
+from twisted.internet.task import deferLater
 
 from mailplat import config as configuration
 from mailplat.realm import passwords
@@ -79,6 +82,9 @@ class MailServer:
     def __init__(self, testcase, listeners=None, extra="", scheme="PLAIN"):
         self.testcase = testcase
         self.dir = tempfile.mkdtemp(prefix="mailplat-test-")
+        # Cleanups run last-in first-out: the server (added in start) stops
+        # before its directory goes.
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
         self.state = os.path.join(self.dir, "var")
         self.listeners = listeners or ("smtp", "submission", "smtps", "pop3", "pop3s")
         self.extra = extra
@@ -118,6 +124,125 @@ class MailServer:
     def port(self, name):
         return self.ports[name]
 
+    def sessions(self):
+        """The server side of every connection still open on our ports."""
+        ports = set(self.ports.values())
+        return [
+            s
+            for s in set(reactor.getReaders()) | set(reactor.getWriters())
+            if isinstance(s, tcp.Server) and s.getHost().port in ports
+        ]
+
+    @defer.inlineCallbacks
     def stop(self):
         if self.service is not None and self.service.running:
-            return self.service.stopService()
+            yield self.service.stopService()
+        # A client that just closed its socket is noticed by the server a
+        # moment later: wait for the sessions to end, so that no test leaves
+        # a connection behind for the next one.
+        for _ in range(500):
+            if not self.sessions():
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        left = self.sessions()
+        for s in left:
+            s.abortConnection()
+        yield deferLater(reactor, 0, lambda: None)
+        raise AssertionError(f"server sessions still open 5 s after the test: {left}")
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now (for subprocess servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LineClient:
+    """
+    A blocking raw-socket client for tests where the exact bytes on the wire
+    matter (pipelining, STARTTLS injection, junk). Run it in a thread with
+    L{in_thread}.
+
+        c = LineClient(port)
+        c.smtp_reply()            # (220, ["..."])
+        c.send(b"EHLO x\r\n")
+    """
+
+    def __init__(self, port, tls=False, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = client_tls().wrap_socket(self.sock)
+        self.buffer = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def starttls(self):
+        """Begin TLS on the connection. Bytes already read and not consumed are an error."""
+        if self.buffer:
+            raise AssertionError(f"server sent bytes before the TLS handshake: {self.buffer!r}")
+        self.sock = client_tls().wrap_socket(self.sock)
+
+    def line(self):
+        """One line without its CRLF; b"" (never blocks again) when the server closed."""
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self.buffer = self.buffer, b""
+                if rest:
+                    return rest
+                raise EOFError("connection closed by the server")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def smtp_reply(self):
+        """An SMTP reply: (code, [text of each line])."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line[4:].decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                return int(line[:3]), lines
+
+    def pop_multiline(self):
+        """The lines of a POP3 multi-line answer after its status line, dot-unstuffed."""
+        lines = []
+        while True:
+            line = self.line()
+            if line == b".":
+                return lines
+            lines.append(line[1:] if line.startswith(b"..") else line)
+
+    def closed(self, wait=5):
+        """True when the server closes the connection within `wait` seconds (unread bytes dropped)."""
+        self.sock.settimeout(wait)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def collect_log(testcase):
+    """Record the text of every log event until the test ends; returns the list."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    texts = []
+
+    def observe(event):
+        texts.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return texts

@@ -1,7 +1,7 @@
 """
-Local delivery: each accepted recipient is a user of the realm; the message
-goes into their INBOX in the store, with a Return-Path header on top
-(RFC 5321 4.4: added at final delivery).
+Local delivery: each recipient is resolved (aliases, plus tags, users,
+postmaster) to mailboxes in the store; the message goes into each once,
+with a Return-Path header on top (RFC 5321 4.4: added at final delivery).
 
 All or nothing: if any recipient's copy cannot be written, the copies
 already written are taken back and the whole transaction fails with a
@@ -15,7 +15,6 @@ from zope.interface import implementer
 from mailplat.interfaces import (
     IDeliveryAgent,
     IDeliveryTransaction,
-    NoSuchUser,
     PermanentFailure,
     TemporaryFailure,
 )
@@ -30,12 +29,11 @@ def return_path(sender):
 
 @implementer(IDeliveryAgent)
 class LocalDelivery:
-    """Deliver to users of `realm` through `store`."""
+    """Deliver to the mailboxes `resolver` names, through `store`."""
 
-    def __init__(self, realm, store, local_domains):
-        self.realm = realm
+    def __init__(self, resolver, store):
+        self.resolver = resolver
         self.store = store
-        self.local_domains = {d.lower() for d in local_domains}
 
     def start(self, envelope):
         return LocalTransaction(self, envelope)
@@ -46,18 +44,22 @@ class LocalTransaction:
     def __init__(self, agent, envelope):
         self.agent = agent
         self.envelope = envelope
-        self.recipients = []  # (canonical address, folder or None)
+        self.recipients = []  # (canonical address, folder or None), no duplicates
 
     def add_recipient(self, address):
-        domain = address.rpartition("@")[2].lower()
-        if domain not in self.agent.local_domains:
-            return defer.fail(PermanentFailure(f"{domain} is not a local domain", "5.7.1", 550))
-        d = self.agent.realm.lookup(address)
+        d = self.agent.resolver.resolve(address)
 
-        def found(canonical):
-            if canonical is None:
-                raise NoSuchUser(address)
-            self.recipients.append((canonical, None))
+        def found(targets):
+            local = [t for t in targets if not t.remote]
+            remote = [t.address for t in targets if t.remote]
+            if remote:
+                if not local:
+                    raise PermanentFailure("relay to remote addresses is not configured", "5.7.1", 550)
+                log.warn("{address}: remote alias targets {remote} skipped: relay is not configured",
+                         address=address, remote=remote)
+            for t in local:
+                if (t.address, t.folder) not in self.recipients:
+                    self.recipients.append((t.address, t.folder))
 
         return d.addCallback(found)
 

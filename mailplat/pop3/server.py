@@ -41,19 +41,25 @@ def wire_format(data):
 
 
 def top_of(data, lines):
-    """Headers, the blank line, and the first `lines` body lines (RFC 1939 7 TOP)."""
+    """
+    Headers, the blank line, and the first `lines` body lines (RFC 1939 7 TOP);
+    the whole message when it has no more than `lines` body lines.
+    """
     data = data.replace(b"\r\n", b"\n")
-    head_end = data.find(b"\n\n")
-    if head_end < 0:
-        return data
-    body = data[head_end + 2 :]
-    kept = body.split(b"\n")[:lines] if lines else []
-    out = data[: head_end + 2]
-    if kept:
-        out += b"\n".join(kept)
-        if len(body.split(b"\n", lines)) > lines or body.endswith(b"\n"):
-            out += b"\n"
-    return out
+    if data.startswith(b"\n"):
+        head, body = b"\n", data[1:]
+    else:
+        head_end = data.find(b"\n\n")
+        if head_end < 0:
+            return data
+        head, body = data[: head_end + 2], data[head_end + 2 :]
+    if lines == 0:
+        return head
+    pieces = body.split(b"\n", lines)
+    if len(pieces) > lines:
+        # More follows the n-th line end: keep the n lines, ends included.
+        return head + b"\n".join(pieces[:lines]) + b"\n"
+    return head + body
 
 
 class MailplatPOP3(pop3.POP3):
@@ -422,7 +428,7 @@ class POP3Factory(protocol.ServerFactory):
         self.portal = portal
         self.tls_context = tls_context
         self.timeout = limits["command_timeout"]
-        self.throttle = throttle or LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
+        self.throttle = throttle or LoginThrottle.from_limits(limits)
         self.connections = connections or ConnectionLimiter(limits["connections_per_ip"])
         self.allow_plaintext_auth = allow_plaintext_auth
 

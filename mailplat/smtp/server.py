@@ -14,29 +14,23 @@ One class serves the three SMTP ports; `policy` says which rules apply:
   smtps       - port 465: as submission, on implicit TLS.
 """
 
-import base64
-import binascii
-
-from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 
-from mailplat.interfaces import Envelope, IMailUser, PermanentFailure, TemporaryFailure
-from mailplat.smtp.framing import DataReader
-from mailplat.smtp.headers import received_header
-from mailplat.store.source import PrefixedSource, SpooledSource
+from mailplat.smtp.auth import SMTPAuthMixin
+from mailplat.smtp.transaction import SMTPTransactionMixin
 
 log = Logger()
 
-COMMAND, DATA, AUTH, CLOSED = "COMMAND", "DATA", "AUTH", "CLOSED"
+COMMAND, DATA, BDAT, AUTH, CLOSED = "COMMAND", "DATA", "BDAT", "AUTH", "CLOSED"
 
 # Postfix's smtpd_hard_error_limit: a client that keeps sending junk is cut off.
 MAX_ERRORS = 20
 
 
-class MailplatSMTP(smtp.ESMTP):
+class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
     """One SMTP session. Configured through its factory (L{SMTPFactory})."""
 
     def __init__(self, factory):
@@ -53,9 +47,10 @@ class MailplatSMTP(smtp.ESMTP):
         self._errors = 0
         self._user = None
         self._transaction = None
-        self._sender = None
-        self._recipients = []
         self._data = None
+        self._data_reader = None
+        self._bdat = None
+        self._reset_transaction()
         self._peer = ""
         self._counted = False
 
@@ -133,30 +128,38 @@ class MailplatSMTP(smtp.ESMTP):
         while not self._waiting and self._state != CLOSED:
             if self._state == DATA:
                 self._buffer = self._data_reader.feed(self._buffer)
-                if self._data_reader.done:
-                    self._end_of_data()
-                    continue
-                return
-            # Commands end at LF (RFC 5321 4.1.1 asks for CRLF; a bare LF is
-            # accepted for commands only, never as an end of DATA).
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self.MAX_LENGTH:
-                    self._buffer = b""
-                    self._discarding = True
-                return
-            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if self._discarding or len(line) > self.MAX_LENGTH:
-                self._discarding = False
-                self._error(500, "5.5.2", "line too long")
-                continue
-            result = self._line(line)
+                if not self._data_reader.done:
+                    return
+                result = self._end_of_data()
+            elif self._state == BDAT:
+                result = self._bdat_feed()
+            else:
+                result = self._command_from_buffer()
+            if result is False:
+                return  # more input needed
             if isinstance(result, defer.Deferred) and not result.called:
                 self._waiting = True
                 result.addBoth(self._resume)
                 return
+
+    def _command_from_buffer(self):
+        """Run the next complete command line; False when there is none yet."""
+        # Commands end at LF (RFC 5321 4.1.1 asks for CRLF; a bare LF is
+        # accepted for commands only, never as an end of DATA).
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > self.MAX_LENGTH:
+                self._buffer = b""
+                self._discarding = True
+            return False
+        line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if self._discarding or len(line) > self.MAX_LENGTH:
+            self._discarding = False
+            self._error(500, "5.5.2", "line too long")
+            return None
+        return self._line(line)
 
     def _resume(self, result):
         self._waiting = False
@@ -198,17 +201,14 @@ class MailplatSMTP(smtp.ESMTP):
             "8BITMIME",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "CHUNKING",
         ]
         if self.canStartTLS and not self.secure:
             ext.append("STARTTLS")
         if self._auth_available():
             ext.append("AUTH PLAIN LOGIN")
         return ext
-
-    def _auth_available(self):
-        if self.factory.portal is None or self.policy == "mx":
-            return False
-        return self.secure or self.factory.allow_plaintext_auth
 
     def smtp_EHLO(self, rest):
         if not rest:
@@ -263,319 +263,3 @@ class MailplatSMTP(smtp.ESMTP):
         self._helo = (None, self._peer.encode("ascii", "replace"))
         self._reset_transaction()
 
-    # --- AUTH (RFC 4954) ---------------------------------------------------
-
-    def smtp_AUTH(self, rest):
-        if self.policy == "mx" or self.factory.portal is None:
-            self._error(503, "5.5.1", "AUTH not available on this port; use submission")
-            return
-        if not self._auth_available():
-            self._error(538, "5.7.11", "encryption required: STARTTLS first")
-            return
-        if self._user is not None:
-            self._error(503, "5.5.1", "already authenticated")
-            return
-        if self._transaction is not None:
-            self._error(503, "5.5.1", "AUTH not allowed during a mail transaction")
-            return
-        if self.factory.throttle.blocked(self._peer):
-            self.reply(454, "4.7.0", "too many failed logins; try again later")
-            return
-        parts = rest.split(None, 1)
-        mechanism = parts[0].upper() if parts else b""
-        initial = parts[1].strip() if len(parts) > 1 else None
-        if mechanism == b"PLAIN":
-            self._auth = {"mechanism": "PLAIN"}
-            if initial is None:
-                self._state = AUTH
-                self.reply(334, None, "")
-                return
-            return self._auth_step(initial)
-        if mechanism == b"LOGIN":
-            self._auth = {"mechanism": "LOGIN"}
-            self._state = AUTH
-            if initial is not None:
-                return self._auth_step(initial)
-            self.reply(334, None, base64.b64encode(b"Username:").decode())
-            return
-        self._error(504, "5.5.4", "unrecognized authentication mechanism; use PLAIN or LOGIN")
-
-    def _auth_step(self, line):
-        if line == b"*":
-            self._state = COMMAND
-            self._error(501, "5.0.0", "authentication cancelled")
-            return None
-        try:
-            decoded = base64.b64decode(line, validate=True) if line != b"=" else b""
-        except (binascii.Error, ValueError):
-            self._state = COMMAND
-            self._error(501, "5.5.2", "cannot decode base64")
-            return None
-        state = self._auth
-        if state["mechanism"] == "PLAIN":
-            fields = decoded.split(b"\0")
-            if len(fields) != 3 or (fields[0] and fields[0] != fields[1]):
-                self._state = COMMAND
-                self._error(501, "5.5.2", "malformed PLAIN response")
-                return None
-            username, password = fields[1], fields[2]
-        else:
-            if "username" not in state:
-                state["username"] = decoded
-                self.reply(334, None, base64.b64encode(b"Password:").decode())
-                return None
-            username, password = state["username"], decoded
-        self._state = COMMAND
-        d = self.portal.login(credentials.UsernamePassword(username, password), None, IMailUser)
-        return d.addCallbacks(self._auth_ok, self._auth_failed)
-
-    def _auth_ok(self, result):
-        _, avatar, logout = result
-        self._user = avatar
-        self.factory.throttle.succeeded(self._peer)
-        log.info("SMTP AUTH {user} from {peer}", user=avatar.address, peer=self._peer)
-        self.reply(235, "2.7.0", "authentication successful")
-
-    def _auth_failed(self, failure):
-        if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
-            delay = self.factory.throttle.delay(self._peer)
-            self.factory.throttle.failed(self._peer)
-            log.info("SMTP AUTH failed from {peer}", peer=self._peer)
-            d = defer.Deferred()
-            reactor.callLater(delay, d.callback, None)
-            return d.addCallback(
-                lambda _: self.reply(535, "5.7.8", "authentication credentials invalid")
-            )
-        if failure.check(TemporaryFailure):
-            self.reply(454, "4.7.0", "temporary authentication failure")
-        else:
-            log.failure("SMTP AUTH error", failure)
-            self.reply(454, "4.7.0", "temporary authentication failure")
-
-    # --- the mail transaction ----------------------------------------------
-
-    def _reset_transaction(self):
-        if self._transaction is not None:
-            try:
-                self._transaction.abort()
-            except Exception:
-                log.failure("abort failed")
-        if self._data is not None:
-            self._data.discard()
-            self._data = None
-        self._transaction = None
-        self._sender = None
-        self._recipients = []
-
-    def _protocol_name(self):
-        # RFC 3848
-        return "ESMTP" + ("S" if self.secure else "") + ("A" if self._user else "")
-
-    def smtp_MAIL(self, rest):
-        if self._helo[0] is None:
-            self._error(503, "5.5.1", "send EHLO or HELO first")
-            return
-        if self._transaction is not None:
-            self._error(503, "5.5.1", "nested MAIL command")
-            return
-        if self.policy != "mx" and self._user is None:
-            self._error(530, "5.7.0", "authentication required")
-            return
-        m = self.mail_re.match(rest)
-        if not m:
-            self._error(501, "5.5.4", "syntax: MAIL FROM:<address>")
-            return
-        path = m.group("path")
-        try:
-            params = self._parameters(m.group("opts"))
-        except ValueError as e:
-            self._error(501, "5.5.4", str(e))
-            return
-        size = params.get("SIZE")
-        if size is not None:
-            if not size.isdigit():
-                self._error(501, "5.5.4", "SIZE needs a number")
-                return
-            if int(size) > self.factory.limits["message_size"]:
-                self._error(552, "5.3.4", "message size exceeds fixed maximum message size")
-                return
-        if path in (b"<>", b""):
-            sender = ""
-        else:
-            try:
-                sender = str(smtp.Address(path))
-            except smtp.AddressError as e:
-                self._error(553, "5.1.7", f"bad sender address: {e}")
-                return
-        envelope = Envelope(
-            sender=sender,
-            helo=self._helo[0].decode("ascii", "replace"),
-            client_address=self._peer,
-            protocol=self._protocol_name(),
-            authenticated_as=self._user.address if self._user else None,
-            received_by=self.factory.hostname,
-        )
-        d = defer.maybeDeferred(self.factory.delivery.start, envelope)
-
-        def started(transaction):
-            self._transaction = transaction
-            self._sender = sender
-            self._recipients = []
-            self.reply(250, "2.1.0", "sender OK")
-
-        return d.addCallbacks(started, self._failed_reply)
-
-    @staticmethod
-    def _parameters(text):
-        params = {}
-        for item in (text or b"").split():
-            key, _, value = item.partition(b"=")
-            try:
-                params[key.decode("ascii").upper()] = value.decode("ascii")
-            except UnicodeDecodeError:
-                raise ValueError("parameters must be ASCII")
-        return params
-
-    def smtp_RCPT(self, rest):
-        if self._transaction is None:
-            self._error(503, "5.5.1", "need MAIL before RCPT")
-            return
-        m = self.rcpt_re.match(rest)
-        if not m:
-            self._error(501, "5.5.4", "syntax: RCPT TO:<address>")
-            return
-        if len(self._recipients) >= self.factory.limits["recipients"]:
-            self.reply(452, "4.5.3", "too many recipients")
-            return
-        try:
-            address = str(smtp.Address(m.group("path")))
-        except smtp.AddressError as e:
-            self._error(553, "5.1.3", f"bad recipient address: {e}")
-            return
-        if "@" not in address:
-            self._error(553, "5.1.3", "recipient must be a full address (user@domain)")
-            return
-        domain = address.rpartition("@")[2].lower()
-        if not self.factory.is_local_domain(domain):
-            if self.policy == "mx":
-                self.reply(554, "5.7.1", f"relay access denied: {domain} is not handled here")
-            else:
-                self.reply(550, "5.7.1", f"relay to {domain} is not configured on this server")
-            return
-        d = defer.maybeDeferred(self._transaction.add_recipient, address)
-
-        def accepted(_):
-            self._recipients.append(address)
-            self.reply(250, "2.1.5", "recipient OK")
-
-        return d.addCallbacks(accepted, self._failed_reply)
-
-    def _failed_reply(self, failure):
-        if failure.check(PermanentFailure):
-            e = failure.value
-            self.reply(e.code, e.enhanced, e.text)
-        elif failure.check(TemporaryFailure):
-            e = failure.value
-            self.reply(451, e.enhanced, e.text)
-        else:
-            log.failure("SMTP backend error", failure)
-            self.reply(451, "4.3.0", "local error in processing")
-
-    def smtp_DATA(self, rest):
-        if self._transaction is None:
-            self._error(503, "5.5.1", "need MAIL before DATA")
-            return
-        if not self._recipients:
-            self._error(554, "5.5.1", "no valid recipients")
-            return
-        self._data = SpooledSource(self.factory.spool_dir)
-        self._data_reader = DataReader(
-            self._data.write,
-            max_size=self.factory.limits["message_size"],
-            max_line=self.factory.limits["line_length"],
-        )
-        self._state = DATA
-        self.setTimeout(self.factory.limits["data_timeout"])
-        self.reply(354, None, "end data with <CR><LF>.<CR><LF>")
-
-    def _end_of_data(self):
-        self._state = COMMAND
-        self.setTimeout(self.timeout)
-        reader, source = self._data_reader, self._data
-        self._data = None
-        if reader.too_big:
-            self._reset_transaction()
-            source.discard()
-            self.reply(552, "5.3.4", "message size exceeds fixed maximum message size")
-            return
-        if reader.long_line:
-            self._reset_transaction()
-            source.discard()
-            self.reply(
-                554, "5.6.0", f"message has a line longer than {self.factory.limits['line_length']} octets"
-            )
-            return
-        header = received_header(
-            helo=self._helo[0].decode("ascii", "replace"),
-            client_address=self._peer,
-            hostname=self.factory.hostname,
-            protocol=self._protocol_name(),
-            recipients=self._recipients,
-        )
-        transaction = self._transaction
-        d = defer.maybeDeferred(transaction.deliver, PrefixedSource(header, source))
-        self._waiting = True
-
-        def done(keys):
-            self.reply(250, "2.0.0", "message accepted for delivery")
-
-        def finished(result):
-            source.discard()
-            self._transaction = None
-            self._sender = None
-            self._recipients = []
-            return result
-
-        d.addCallbacks(done, self._failed_reply)
-        d.addBoth(finished)
-        d.addBoth(self._resume)
-        return d
-
-
-class SMTPFactory(smtp.SMTPFactory):
-    """Builds SMTP sessions for one port (one `policy`)."""
-
-    def __init__(
-        self,
-        policy,
-        hostname,
-        delivery,
-        portal,
-        local_domains,
-        limits,
-        spool_dir,
-        tls_context=None,
-        throttle=None,
-        connections=None,
-        allow_plaintext_auth=False,
-    ):
-        from mailplat.throttle import ConnectionLimiter, LoginThrottle
-
-        smtp.SMTPFactory.__init__(self, portal)
-        self.policy = policy
-        self.hostname = hostname
-        self.delivery = delivery
-        self.local_domains = {d.lower() for d in local_domains}
-        self.limits = limits
-        self.spool_dir = spool_dir
-        self.tls_context = tls_context
-        self.throttle = throttle or LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
-        self.connections = connections or ConnectionLimiter(limits["connections_per_ip"])
-        self.allow_plaintext_auth = allow_plaintext_auth
-
-    def is_local_domain(self, domain):
-        return domain in self.local_domains
-
-    def buildProtocol(self, addr):
-        p = MailplatSMTP(self)
-        return p

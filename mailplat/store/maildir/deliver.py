@@ -32,12 +32,15 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write_message(path, source, flags=""):
+def write_message(path, source, flags="", cur=False, mtime=None):
     """
     Store `source` (an IMessageSource) in the maildir at `path`.
 
     @param flags: info letters; a message with flags goes to cur/ (as IMAP
         APPEND does), without them to new/ (as a delivery does).
+    @param cur: put it in cur/ even without flags (IMAP APPEND, COPY).
+    @param mtime: the file's mtime, which is the message's INTERNALDATE
+        (Dovecot keeps the received date there too).
     @return: the new message's key (file name without the info part).
     @raise TemporaryFailure: on any OS error, naming it.
     """
@@ -49,7 +52,10 @@ def write_message(path, source, flags=""):
     except OSError as e:
         raise _temporary(e, path)
     try:
+        # W= counts CRLF line ends: a bare LF becomes two octets, an
+        # existing CRLF (an IMAP APPEND may keep them) stays two.
         size = newlines = 0
+        last = b""
         try:
             with source.open() as reader:
                 while True:
@@ -61,12 +67,16 @@ def write_message(path, source, flags=""):
                         written = os.write(fd, view)
                         view = view[written:]
                     size += len(chunk)
-                    newlines += chunk.count(b"\n")
+                    joined = last + chunk[:1]
+                    newlines += chunk.count(b"\n") - chunk.count(b"\r\n") - (joined == b"\r\n")
+                    last = chunk[-1:]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
             os.fsync(fd)
         finally:
             os.close(fd)
         key = names.with_sizes(base, size, size + newlines)
-        if flags:
+        if flags or cur:
             final = os.path.join(path, "cur", f"{key}:2,{flags}")
         else:
             final = os.path.join(path, "new", key)

@@ -1,0 +1,200 @@
+"""
+FETCH data items (RFC 3501 6.4.5, 7.4.2).
+
+Twisted's `_FetchParser` reads the item list; the answers are built here,
+because Twisted's own (`spew_*`) re-parse the message on every FETCH,
+rebuild HEADER.FIELDS from a dict, ignore partial ranges (twisted#5613)
+and never set \\Seen. ENVELOPE and BODYSTRUCTURE are computed once per
+message and kept in the folder's index through `IMailFolder.cache`.
+"""
+
+import time
+
+from twisted.mail import imap4
+
+from mailplat.imap import mime
+from mailplat.imap.parser import BadCommand
+
+FP = imap4._FetchParser
+
+# Items answered from the folder's index alone.
+CACHED = {"envelope": "envelope", "bodystructure": "bodystructure", "body": "body"}
+
+
+class Item:
+    """One requested data item, normalised."""
+
+    __slots__ = ("kind", "part", "section", "fields", "negate", "peek", "start", "length")
+
+    def __init__(self, kind, part=(), section="", fields=(), negate=False, peek=False, start=None, length=None):
+        self.kind = kind  # uid flags internaldate rfc822.size envelope bodystructure body section rfc822 ...
+        self.part = part  # 1-based part numbers
+        self.section = section  # '', HEADER, HEADER.FIELDS, TEXT, MIME
+        self.fields = fields
+        self.negate = negate
+        self.peek = peek
+        self.start = start
+        self.length = length
+
+    @property
+    def sets_seen(self):
+        # RFC 3501 6.4.5: BODY[...] and RFC822 / RFC822.TEXT set \Seen, .PEEK does not.
+        return (self.kind == "section" and not self.peek) or self.kind in ("rfc822", "rfc822.text")
+
+    @property
+    def needs_file(self):
+        return self.kind in ("section", "rfc822", "rfc822.header", "rfc822.text")
+
+    def label(self):
+        if self.kind != "section":
+            return self.kind.upper().encode("ascii")
+        spec = ".".join(str(n) for n in self.part)
+        if self.section:
+            text = self.section
+            if self.fields:
+                text += " (" + " ".join(f.decode("ascii") for f in self.fields) + ")"
+            spec = f"{spec}.{text}" if spec else text
+        out = f"BODY[{spec}]"
+        if self.start is not None:
+            # RFC 3501 7.4.2: the answer names only the origin octet.
+            out += f"<{self.start}>"
+        return out.encode("ascii")
+
+
+_SIMPLE = {
+    FP.Envelope: "envelope",
+    FP.Flags: "flags",
+    FP.InternalDate: "internaldate",
+    FP.RFC822Header: "rfc822.header",
+    FP.RFC822Text: "rfc822.text",
+    FP.RFC822Size: "rfc822.size",
+    FP.RFC822: "rfc822",
+    FP.UID: "uid",
+    FP.BodyStructure: "bodystructure",
+}
+
+
+def parse_items(raw):
+    """FETCH's argument (atom, macro or list) -> [Item]; BadCommand if wrong."""
+    raw = raw.strip()
+    if not raw:
+        raise BadCommand("FETCH needs data items")
+    if raw.count(b"(") != raw.count(b")") or raw.count(b"[") != raw.count(b"]"):
+        raise BadCommand("unbalanced parentheses in FETCH items")
+    if raw.startswith(b"(") and not raw.endswith(b")"):
+        raise BadCommand("unexpected text after FETCH items")
+    upper = raw.upper()
+    if upper == b"FAST":
+        raw = b"(FLAGS INTERNALDATE RFC822.SIZE)"
+    elif upper == b"ALL":
+        raw = b"(FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)"
+    elif upper == b"FULL":
+        raw = b"(FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY)"
+    parser = FP()
+    try:
+        parser.parseString(raw)
+    except Exception as e:
+        raise BadCommand(f"bad FETCH items: {e}")
+    if parser.state or parser.remaining:
+        raise BadCommand("bad FETCH items")
+    items = []
+    for r in parser.result:
+        kind = _SIMPLE.get(type(r))
+        if kind is not None:
+            items.append(Item(kind))
+            continue
+        if not isinstance(r, FP.Body):
+            raise BadCommand("bad FETCH items")
+        part = tuple(n + 1 for n in r.part)
+        if r.header is None and r.text is None and r.mime is None and not r.empty:
+            items.append(Item("body"))  # BODY without a section: the non-extensible BODYSTRUCTURE
+            continue
+        section, fields, negate = "", (), False
+        if r.header is not None:
+            section = "HEADER"
+            if r.header.fields:
+                fields = tuple(r.header.fields)
+                negate = bool(r.header.negate)
+                section = "HEADER.FIELDS.NOT" if negate else "HEADER.FIELDS"
+        elif r.text is not None:
+            section = "TEXT"
+        elif r.mime is not None:
+            if not part:
+                raise BadCommand("MIME needs a part number")
+            section = "MIME"
+        start = length = None
+        if r.partialBegin is not None:
+            start, length = int(r.partialBegin), int(r.partialLength)
+            if length == 0:
+                raise BadCommand("partial length must be positive")
+        items.append(Item("section", part, section, fields, negate, bool(r.peek), start, length))
+    # RFC 3501 6.4.8: UID FETCH always answers with UID; added by the caller.
+    return items
+
+
+def section_bytes(item, message):
+    """The bytes of a BODY[...] item from the parsed message (a mime.Part)."""
+    if item.kind == "rfc822":
+        data = message.data
+    elif item.kind == "rfc822.header":
+        data = message.header
+    elif item.kind == "rfc822.text":
+        data = message.text
+    else:
+        part = message.find(item.part) if item.part else message
+        if part is None:
+            data = b""
+        else:
+            target = part
+            if item.section in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT") and item.part:
+                # RFC 3501 6.4.5: HEADER/TEXT of a part apply to an encapsulated message.
+                if part.ctype == ("message", "rfc822") and part.children:
+                    target = part.children[0]
+                else:
+                    target = None
+            if target is None:
+                data = b""
+            elif item.section == "":
+                data = part.text if item.part else part.data[part.start : part.end]
+            elif item.section == "HEADER" or item.section == "MIME":
+                data = target.header
+            elif item.section == "TEXT":
+                data = target.text
+            else:
+                data = mime.header_subset(target, [f.decode("ascii", "replace").lower().encode("ascii") for f in item.fields], item.negate)
+    if item.start is not None:
+        data = data[item.start : item.start + item.length]
+    return data
+
+
+def compute(data, items, want_envelope, want_structure):
+    """
+    Run in a thread: everything the items need from a message's bytes.
+
+    @return: (sections by item index, envelope, bodystructure, body) with
+        the last three as wire bytes or None when not wanted.
+    """
+    message = parse_message(data)
+    sections = {i: section_bytes(item, message) for i, item in enumerate(items) if item.needs_file}
+    env = bs = body = None
+    if want_envelope:
+        env = mime.envelope(message)
+    if want_structure:
+        bs = mime.bodystructure(message, True)
+        body = mime.bodystructure(message, False)
+    return sections, env, bs, body
+
+
+def parse_message(data):
+    """The mime.Part of a whole stored message."""
+    canon = mime.canonical(data)
+    return mime.Part(canon, 0, len(canon))
+
+
+def internaldate(seconds):
+    """RFC 3501 9 date-time, in UTC."""
+    return time.strftime("%d-%b-%Y %H:%M:%S +0000", time.gmtime(seconds)).encode("ascii")
+
+
+def flag_list(flags):
+    return b"(" + b" ".join(f.encode("utf-8") for f in sorted(flags)) + b")"

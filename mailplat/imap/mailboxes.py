@@ -1,0 +1,363 @@
+"""
+Commands about folders (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE,
+RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND, NAMESPACE,
+ENABLE. A mixin of L{mailplat.imap.server.MailplatIMAP}; it talks to the
+user's L{IMailAccount} only.
+"""
+
+import calendar
+import re
+from array import array
+
+from twisted.internet import defer
+from twisted.mail import imap4
+
+from mailplat.imap.fetch import flag_list
+from mailplat.imap.parser import BadCommand, encode_mailbox
+from mailplat.imap.session import SelectedFolder
+from mailplat.store.source import BytesSource
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+_DATE_TIME = re.compile(
+    rb"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
+)
+_MONTHS = {m: i + 1 for i, m in enumerate(b"jan feb mar apr may jun jul aug sep oct nov dec".split())}
+
+
+def parse_date_time(raw):
+    """APPEND's date-time (RFC 3501 9) -> seconds since the epoch."""
+    m = _DATE_TIME.match(raw)
+    if not m or m.group(2).lower() not in _MONTHS:
+        raise BadCommand("bad date-time; use \"dd-Mon-yyyy hh:mm:ss +zzzz\"")
+    day, mon, year = int(m.group(1)), _MONTHS[m.group(2).lower()], int(m.group(3))
+    hh, mm, ss = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60
+    if m.group(7) == b"-":
+        offset = -offset
+    try:
+        return calendar.timegm((year, mon, day, hh, mm, ss, 0, 0, 0)) - offset
+    except (ValueError, OverflowError):
+        raise BadCommand("bad date-time")
+
+
+def canonical_name(name, separator="."):
+    """INBOX is case-insensitive (RFC 3501 5.1); a trailing separator is dropped."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX" + separator):
+        name = "INBOX" + name[5:]
+    return name
+
+
+def pattern_regex(pattern, separator):
+    """LIST wildcards (* and %) -> a case-sensitive regex for whole names."""
+    twisted_re = imap4.wildcardToRegexp(pattern, separator)
+    return re.compile(twisted_re.pattern)
+
+
+def _attributes(attrs):
+    return b"(" + b" ".join(a.encode("ascii") for a in sorted(attrs)) + b")"
+
+
+class MailboxCommands:
+    # --- SELECT / EXAMINE (RFC 3501 6.3.1, 6.3.2) ---------------------------
+
+    def cmd_SELECT(self, tag, reader):
+        return self._select(tag, reader, readonly=False)
+
+    def cmd_EXAMINE(self, tag, reader):
+        return self._select(tag, reader, readonly=True)
+
+    def _select(self, tag, reader, readonly):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
+        self._deselect()
+        d = defer.maybeDeferred(self.account.folder, name)
+
+        def opened(folder):
+            return defer.maybeDeferred(folder.sync).addCallback(lambda msgs: (folder, msgs))
+
+        def selected(result):
+            folder, msgs = result
+            if self._closed:
+                return
+            sel = SelectedFolder(folder, readonly)
+            sel.uids = array("I", (m.uid for m in msgs))
+            if not readonly:
+                sel.recent = set(folder.claim_recent(list(sel.uids)))
+            sel.unsubscribe = folder.subscribe(self.folder_event)
+            keywords = set()
+            unseen = None
+            for i, m in enumerate(msgs):
+                keywords.update(f for f in m.flags if not f.startswith("\\"))
+                if unseen is None and "\\Seen" not in m.flags:
+                    unseen = i + 1
+            flags = list(SYSTEM_FLAGS) + sorted(keywords)
+            out = [
+                b"* FLAGS " + flag_list(flags) + b"\r\n",
+                b"* %d EXISTS\r\n" % len(sel.uids),
+                b"* %d RECENT\r\n" % len(sel.recent),
+            ]
+            if unseen is not None:
+                out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
+            out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity)
+            out.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext)
+            if readonly:
+                out.append(b"* OK [PERMANENTFLAGS ()] read-only mailbox\r\n")
+            else:
+                permanent = flag_list(list(SYSTEM_FLAGS) + sorted(keywords) + ["\\*"])
+                out.append(b"* OK [PERMANENTFLAGS " + permanent + b"] flags permitted\r\n")
+            self.write(b"".join(out))
+            self.selected = sel
+            self.state = "select"
+            verb = "EXAMINE" if readonly else "SELECT"
+            self.ok(tag, f"[READ-{'ONLY' if readonly else 'WRITE'}] {verb} completed")
+
+        def missing(failure):
+            failure.trap(KeyError)
+            self.no(tag, "[NONEXISTENT] no such mailbox")
+
+        return d.addCallback(opened).addCallbacks(selected, missing)
+
+    # --- CREATE / DELETE / RENAME (RFC 3501 6.3.3-6.3.5) ----------------------
+
+    def _sep(self):
+        return getattr(self.account, "separator", ".")
+
+    def cmd_CREATE(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        # RFC 3501 6.3.3: a trailing separator says "will have children".
+        name = name.rstrip(self._sep())
+        if not name or name == "INBOX":
+            return self.no(tag, "[ALREADYEXISTS] INBOX always exists")
+        d = defer.maybeDeferred(self.account.create, name)
+
+        def refused(failure):
+            failure.trap(ValueError, KeyError)
+            self.no(tag, f"[CANNOT] {failure.value}")
+
+        return d.addCallbacks(lambda _: self.ok(tag, "CREATE completed"), refused)
+
+    def cmd_DELETE(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        if name == "INBOX":
+            return self.no(tag, "[CANNOT] INBOX cannot be deleted")
+        if self.selected is not None and self.selected.folder.name == name:
+            self._deselect()
+        d = defer.maybeDeferred(self.account.delete, name)
+
+        def refused(failure):
+            if failure.check(KeyError):
+                return self.no(tag, "[NONEXISTENT] no such mailbox")
+            failure.trap(ValueError)
+            self.no(tag, f"[CANNOT] {failure.value}")
+
+        return d.addCallbacks(lambda _: self.ok(tag, "DELETE completed"), refused)
+
+    def cmd_RENAME(self, tag, reader):
+        reader.space()
+        old = canonical_name(reader.mailbox())
+        reader.space()
+        new = canonical_name(reader.mailbox()).rstrip(self._sep())
+        reader.end()
+        if not new or new == "INBOX":
+            return self.no(tag, "[CANNOT] cannot rename to INBOX")
+        d = defer.maybeDeferred(self.account.rename, old, new)
+
+        def refused(failure):
+            if failure.check(KeyError):
+                return self.no(tag, "[NONEXISTENT] no such mailbox")
+            failure.trap(ValueError)
+            self.no(tag, f"[CANNOT] {failure.value}")
+
+        return d.addCallbacks(lambda _: self.ok(tag, "RENAME completed"), refused)
+
+    # --- SUBSCRIBE / UNSUBSCRIBE (RFC 3501 6.3.6, 6.3.7) -----------------
+
+    def cmd_SUBSCRIBE(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        d = defer.maybeDeferred(self.account.subscribe, name)
+        return d.addCallbacks(lambda _: self.ok(tag, "SUBSCRIBE completed"), self._refused(tag))
+
+    def cmd_UNSUBSCRIBE(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        d = defer.maybeDeferred(self.account.unsubscribe, name)
+        return d.addCallbacks(lambda _: self.ok(tag, "UNSUBSCRIBE completed"), self._refused(tag))
+
+    def _refused(self, tag):
+        def refused(failure):
+            failure.trap(ValueError, KeyError)
+            self.no(tag, f"[CANNOT] {failure.value}")
+
+        return refused
+
+    # --- LIST / LSUB (RFC 3501 6.3.8, 6.3.9; RFC 6154 SPECIAL-USE) ----------
+
+    def cmd_LIST(self, tag, reader):
+        reader.space()
+        special_only = False
+        if reader.peek() == b"(":
+            # RFC 5258 selection options; RFC 6154 5.1 (SPECIAL-USE)
+            options = reader.paren_list(lambda: reader.atom("a selection option").upper())
+            special_only = b"SPECIAL-USE" in options
+            reader.space()
+        ref = reader.mailbox()
+        reader.space()
+        pattern = reader.list_mailbox()
+        if reader.maybe_space():
+            if reader.atom("RETURN").upper() != b"RETURN":
+                raise BadCommand("expected RETURN")
+            reader.space()
+            reader.paren_list(lambda: reader.atom("a return option"))
+        reader.end()
+        sep = self._sep()
+        if pattern == "":
+            # RFC 3501 6.3.8: the hierarchy delimiter and root name.
+            self.untagged(b'LIST (\\Noselect) "' + sep.encode() + b'" ""')
+            self.ok(tag, "LIST completed")
+            return None
+        return self._list(tag, ref, pattern, b"LIST", special_only)
+
+    def cmd_LSUB(self, tag, reader):
+        reader.space()
+        ref = reader.mailbox()
+        reader.space()
+        pattern = reader.list_mailbox()
+        reader.end()
+        return self._list(tag, ref, pattern, b"LSUB", False)
+
+    def _list(self, tag, ref, pattern, verb, special_only):
+        sep = self._sep()
+        full = canonical_name(ref + pattern if ref.endswith(sep) or not ref else ref + sep + pattern)
+        regex = pattern_regex(full, sep)
+        d = defer.maybeDeferred(self.account.folders)
+        if verb == b"LSUB":
+            d.addCallback(
+                lambda folders: defer.maybeDeferred(self.account.subscriptions).addCallback(
+                    lambda subs: (folders, subs)
+                )
+            )
+        else:
+            d.addCallback(lambda folders: (folders, None))
+
+        def answer(result):
+            folders, subs = result
+            attrs_of = {canonical_name(n): a for n, a in folders}
+            names = sorted(attrs_of) if subs is None else sorted({canonical_name(s) for s in subs})
+            out = []
+            for name in names:
+                if not regex.fullmatch(name):
+                    continue
+                attrs = set(attrs_of.get(name, ()))
+                if special_only and not attrs & {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}:
+                    continue
+                if verb == b"LSUB":
+                    attrs = {a for a in attrs if a in ("\\Noselect",)} if name in attrs_of else {"\\Noselect"}
+                out.append(
+                    b"* " + verb + b" " + _attributes(attrs) + b' "' + sep.encode() + b'" ' + encode_mailbox(name) + b"\r\n"
+                )
+            self.write(b"".join(out))
+            self.ok(tag, verb.decode() + " completed")
+
+        return d.addCallback(answer)
+
+    # --- STATUS (RFC 3501 6.3.10) ------------------------------------------
+
+    def cmd_STATUS(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.space()
+        items = reader.paren_list(lambda: reader.atom("a status item").upper())
+        reader.end()
+        for item in items:
+            if item not in STATUS_ITEMS:
+                raise BadCommand(f"unknown STATUS item {item.decode('ascii', 'replace')}")
+        d = defer.maybeDeferred(self.account.folder, name)
+
+        def got(folder):
+            return defer.maybeDeferred(folder.sync).addCallback(lambda msgs: (folder, msgs))
+
+        def answer(result):
+            folder, msgs = result
+            values = {
+                b"MESSAGES": len(msgs),
+                # Counting \Recent would claim it (IMailFolder.claim_recent);
+                # only the selecting session learns it.
+                b"RECENT": 0,
+                b"UIDNEXT": folder.uidnext,
+                b"UIDVALIDITY": folder.uidvalidity,
+                b"UNSEEN": sum(1 for m in msgs if "\\Seen" not in m.flags),
+            }
+            body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
+            self.untagged(b"STATUS " + encode_mailbox(name) + b" (" + body + b")")
+            self.ok(tag, "STATUS completed")
+
+        def missing(failure):
+            failure.trap(KeyError)
+            self.no(tag, "[NONEXISTENT] no such mailbox")
+
+        return d.addCallback(got).addCallbacks(answer, missing)
+
+    # --- APPEND (RFC 3501 6.3.11; RFC 4315 APPENDUID) ----------------------
+
+    def cmd_APPEND(self, tag, reader):
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.space()
+        flags = []
+        internaldate = None
+        if reader.peek() == b"(":
+            flags = reader.paren_list(reader.flag)
+            reader.space()
+        if reader.peek() == b'"':
+            internaldate = parse_date_time(reader.string())
+            reader.space()
+        message = reader.string("the message literal")
+        reader.end()
+        flags = [f for f in flags if f.lower() != "\\recent"]
+        # The store keeps LF line ends (IMessageSource); FETCH gives CRLF back.
+        data = message.replace(b"\r\n", b"\n")
+        d = defer.maybeDeferred(self.account.folder, name)
+
+        def got(folder):
+            added = folder.append(BytesSource(data), flags=flags, internaldate=internaldate, origin=self)
+            return defer.maybeDeferred(lambda: added).addCallback(lambda uid: (folder, uid))
+
+        def done(result):
+            folder, uid = result
+            self.ok(tag, f"[APPENDUID {folder.uidvalidity} {uid}] APPEND completed")
+
+        def missing(failure):
+            failure.trap(KeyError)
+            self.no(tag, "[TRYCREATE] no such mailbox")
+
+        return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r else None)
+
+    # --- NAMESPACE (RFC 2342), ENABLE (RFC 5161) ------------------------------
+
+    def cmd_NAMESPACE(self, tag, reader):
+        reader.end()
+        self.untagged(b'NAMESPACE (("" "' + self._sep().encode() + b'")) NIL NIL')
+        self.ok(tag, "NAMESPACE completed")
+
+    def cmd_ENABLE(self, tag, reader):
+        reader.space()
+        reader.atom("a capability")
+        while reader.maybe_space():
+            reader.atom("a capability")
+        reader.end()
+        # None of our extensions needs enabling (no CONDSTORE, no UTF8=ACCEPT).
+        self.untagged(b"ENABLED")
+        self.ok(tag, "ENABLE completed")
+

@@ -1,0 +1,417 @@
+"""
+Commands of the selected state (RFC 3501 6.4): CHECK, CLOSE, UNSELECT,
+EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE and their UID forms (RFC 4315
+UIDPLUS, RFC 6851 MOVE, RFC 3691 UNSELECT). A mixin of
+L{mailplat.imap.server.MailplatIMAP}.
+
+Message bytes are opened through the folder and read in the reactor's
+thread pool, a batch at a time, so a FETCH of a large folder neither
+blocks other sessions nor holds every message in memory.
+"""
+
+from twisted.internet import defer, threads
+
+from mailplat.imap import fetch
+from mailplat.imap.parser import BadCommand
+from mailplat.imap.search import CHARSETS, Context, Query
+
+BATCH = 200  # messages read per trip to the thread pool
+CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
+
+
+def _compact(uids):
+    """[1,2,3,7] -> b'1:3,7' (RFC 4315 uid-set)."""
+    out = []
+    uids = list(uids)
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
+        i = j + 1
+    return b",".join(out)
+
+
+def _read_all(files, work):
+    """In a thread: read and close each file, apply `work(data)`; None where it failed."""
+    results = []
+    for f in files:
+        if f is None:
+            results.append(None)
+            continue
+        try:
+            with f:
+                data = f.read()
+            results.append(work(data))
+        except OSError:
+            results.append(None)
+    return results
+
+
+class MessageCommands:
+    def _targets(self, token, uid):
+        sel = self.selected
+        if not uid and sel.bad_sequence(token):
+            # RFC 3501 9 seq-number: a number past EXISTS is an error.
+            raise BadCommand("no such message sequence number")
+        return sel.resolve(token, uid)
+
+    def _open_batch(self, uids):
+        """Deferred firing with open files (None for messages gone)."""
+        folder = self.selected.folder
+        ds = [defer.maybeDeferred(folder.open, u) for u in uids]
+        d = defer.DeferredList(ds, consumeErrors=True)
+        return d.addCallback(lambda results: [f if ok else None for ok, f in results])
+
+    # --- CHECK, CLOSE, UNSELECT, EXPUNGE ----------------------------------
+
+    def cmd_CHECK(self, tag, reader):
+        reader.end()
+        d = defer.maybeDeferred(self.selected.folder.sync)
+        return d.addCallback(lambda _: self.ok(tag, "CHECK completed"))
+
+    def cmd_CLOSE(self, tag, reader):
+        reader.end()
+        sel = self.selected
+        # RFC 3501 6.4.2: expunge silently, then leave the selected state.
+        self._deselect()
+        if sel.readonly:
+            self.ok(tag, "CLOSE completed")
+            return None
+        d = defer.maybeDeferred(sel.folder.expunge, None, self)
+        return d.addCallback(lambda _: self.ok(tag, "CLOSE completed"))
+
+    def cmd_UNSELECT(self, tag, reader):
+        reader.end()
+        self._deselect()  # RFC 3691: no expunge
+        self.ok(tag, "UNSELECT completed")
+
+    def cmd_EXPUNGE(self, tag, reader, uid=False):
+        uids = None
+        if uid:
+            # RFC 4315 2.1: UID EXPUNGE removes only the given \Deleted messages.
+            reader.space()
+            token = reader.sequence_set()
+            uids = [u for _, u in self.selected.resolve(token, True)]
+        reader.end()
+        sel = self.selected
+        if sel.readonly:
+            return self.no(tag, "[READ-ONLY] mailbox is read-only")
+        if uids == []:
+            self.ok(tag, "EXPUNGE completed")
+            return None
+        d = defer.maybeDeferred(sel.folder.expunge, uids, self)
+
+        def done(removed):
+            self.write(b"".join(sel.drop(removed)))
+            self.ok(tag, "EXPUNGE completed")
+
+        return d.addCallback(done)
+
+    # --- STORE (RFC 3501 6.4.6) ---------------------------------------------
+
+    def cmd_STORE(self, tag, reader, uid=False):
+        reader.space()
+        token = reader.sequence_set()
+        reader.space()
+        what = reader.atom("+FLAGS, -FLAGS or FLAGS").upper()
+        mode = "="
+        if what[:1] in (b"+", b"-"):
+            mode, what = what[:1].decode(), what[1:]
+        silent = what.endswith(b".SILENT")
+        if silent:
+            what = what[: -len(b".SILENT")]
+        if what != b"FLAGS":
+            raise BadCommand("expected FLAGS, +FLAGS or -FLAGS")
+        reader.space()
+        flags = reader.flag_list()
+        reader.end()
+        sel = self.selected
+        targets = self._targets(token, uid)
+        if sel.readonly:
+            return self.no(tag, "[READ-ONLY] mailbox is read-only")
+        flags = [f for f in flags if f.lower() != "\\recent"]
+        if not targets:
+            self.ok(tag, "STORE completed")
+            return None
+        d = defer.maybeDeferred(sel.folder.store_flags, [u for _, u in targets], frozenset(flags), mode, self)
+
+        def done(changed):
+            out = []
+            for seq, u in targets:
+                if u in changed:
+                    sel.flagged.discard(u)
+                    if silent:
+                        continue
+                    now = set(changed[u]) | ({"\\Recent"} if u in sel.recent else set())
+                    items = b"FLAGS " + fetch.flag_list(now)
+                    if uid:
+                        items += b" UID %d" % u
+                    out.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+            self.write(b"".join(out))
+            self.ok(tag, "STORE completed")
+
+        return d.addCallback(done)
+
+    # --- COPY / MOVE (RFC 3501 6.4.7; RFC 4315 COPYUID; RFC 6851) -----------
+
+    def cmd_COPY(self, tag, reader, uid=False):
+        return self._transfer(tag, reader, uid, move=False)
+
+    def cmd_MOVE(self, tag, reader, uid=False):
+        return self._transfer(tag, reader, uid, move=True)
+
+    def _transfer(self, tag, reader, uid, move):
+        from mailplat.imap.mailboxes import canonical_name
+
+        reader.space()
+        token = reader.sequence_set()
+        reader.space()
+        name = canonical_name(reader.mailbox())
+        reader.end()
+        sel = self.selected
+        targets = self._targets(token, uid)
+        if move and sel.readonly:
+            return self.no(tag, "[READ-ONLY] mailbox is read-only")
+        verb = "MOVE" if move else "COPY"
+        d = defer.maybeDeferred(self.account.folder, name)
+
+        def got(target):
+            uids = [u for _, u in targets if sel.info(u) is not None]
+            if not uids:
+                return None
+            call = sel.folder.move_to if move else sel.folder.copy_to
+            return defer.maybeDeferred(call, uids, target, self).addCallback(lambda pairs: (target, pairs))
+
+        def done(result):
+            if result is None:
+                self.ok(tag, f"{verb} completed")
+                return
+            target, pairs = result
+            pairs = sorted(pairs)
+            code = b"COPYUID %d %s %s" % (
+                target.uidvalidity,
+                _compact([s for s, _ in pairs]),
+                _compact([n for _, n in pairs]),
+            ) if pairs else b""
+            if move:
+                # RFC 6851 4.3: COPYUID untagged, then the EXPUNGEs.
+                if code:
+                    self.write(b"* OK [" + code + b"] moved\r\n")
+                self.write(b"".join(sel.drop([s for s, _ in pairs])))
+                self.ok(tag, "MOVE completed")
+            else:
+                self.ok(tag, (b"[" + code + b"] " if code else b"") + b"COPY completed")
+
+        def missing(failure):
+            failure.trap(KeyError)
+            self.no(tag, "[TRYCREATE] no such mailbox")
+            return False
+
+        return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r is not False else None)
+
+    # --- SEARCH (RFC 3501 6.4.4) -----------------------------------------------
+
+    def cmd_SEARCH(self, tag, reader, uid=False):
+        reader.space()
+        charset = None
+        save = reader.pos
+        first = reader.atom("a search key")
+        if first.upper() == b"CHARSET":
+            reader.space()
+            charset = reader.astring("a charset").decode("ascii", "replace").upper()
+            reader.space()
+        else:
+            reader.pos = save
+        if charset is not None and charset not in CHARSETS:
+            return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
+        query = Query(reader, charset)
+        reader.end()
+        sel = self.selected
+        largest_seq = len(sel.uids)
+        largest_uid = sel.uids[-1] if sel.uids else 0
+        contexts = []
+        for i, u in enumerate(sel.uids):
+            info = sel.info(u)
+            if info is not None:
+                contexts.append(Context(i + 1, u, info, u in sel.recent, largest_seq, largest_uid))
+        found = []
+
+        def answer(_=None):
+            numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
+            self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
+            self.ok(tag, "SEARCH completed")
+
+        if not query.needs_file:
+            found.extend(c for c in contexts if query.match(c))
+            return answer()
+
+        def batch(start):
+            chunk = contexts[start : start + BATCH]
+            if not chunk:
+                return answer()
+            d = self._open_batch([c.uid for c in chunk])
+
+            def evaluate(files):
+                def work(pairs):
+                    hits = []
+                    for ctx, f in pairs:
+                        if f is None:
+                            continue
+                        try:
+                            with f:
+                                ctx.message = fetch.parse_message(f.read())
+                        except OSError:
+                            continue
+                        if query.match(ctx):
+                            hits.append(ctx)
+                        ctx.message = None
+                    return hits
+
+                return threads.deferToThread(work, list(zip(chunk, files)))
+
+            d.addCallback(evaluate)
+            d.addCallback(found.extend)
+            return d.addCallback(lambda _: batch(start + BATCH))
+
+        return batch(0)
+
+    # --- FETCH (RFC 3501 6.4.5) --------------------------------------------
+
+    def cmd_FETCH(self, tag, reader, uid=False):
+        reader.space()
+        token = reader.sequence_set()
+        reader.space()
+        items = fetch.parse_items(reader.rest())
+        reader.end()
+        if uid and not any(i.kind == "uid" for i in items):
+            items.insert(0, fetch.Item("uid"))
+        sel = self.selected
+        targets = [(s, u, sel.info(u)) for s, u in self._targets(token, uid)]
+        # Messages expunged by another session but not yet reported are skipped.
+        targets = [t for t in targets if t[2] is not None]
+        seen = set()
+        d = defer.succeed(None)
+        if not sel.readonly and any(i.sets_seen for i in items):
+            unseen = [u for _, u, info in targets if "\\Seen" not in info.flags]
+            if unseen:
+                seen.update(unseen)
+                d = defer.maybeDeferred(sel.folder.store_flags, unseen, frozenset(["\\Seen"]), "+", self)
+        d.addCallback(lambda _: self._fetch_batches(tag, sel, targets, items, seen))
+        return d
+
+    def _fetch_batches(self, tag, sel, targets, items, seen):
+        needs_file = any(i.needs_file for i in items)
+        want_env = any(i.kind == "envelope" for i in items)
+        want_bs = any(i.kind in ("bodystructure", "body") for i in items)
+        folder = sel.folder
+
+        def prepared(seq, u):
+            env = bs = body = None
+            if want_env:
+                env = folder.cached(u, "envelope")
+            if want_bs:
+                bs = folder.cached(u, "bodystructure")
+                body = folder.cached(u, "body")
+            missing = needs_file or (want_env and env is None) or (want_bs and (bs is None or body is None))
+            return env, bs, body, missing
+
+        def step(start):
+            if self._closed:
+                return None
+            if start >= len(targets):
+                self.ok(tag, "FETCH completed")
+                return None
+            # Index-only answers go in big batches; reading files in small ones.
+            chunk = targets[start : start + BATCH]
+            plans = [prepared(seq, u) for seq, u, _ in chunk]
+            if not any(p[3] for p in plans):
+                chunk = targets[start : start + CHEAP_BATCH]
+                plans = [prepared(seq, u) for seq, u, _ in chunk]
+                self.write(
+                    b"".join(
+                        self._fetch_response(sel, seq, u, info, items, {}, p[0], p[1], p[2], u in seen)
+                        for (seq, u, info), p in zip(chunk, plans)
+                    )
+                )
+                return step_later(start + len(chunk))
+            need = [c[1] for c, p in zip(chunk, plans) if p[3]]
+            d = self._open_batch(need)
+
+            def read(files):
+                def work(data):
+                    return fetch.compute(data, items, want_env, want_bs)
+
+                return threads.deferToThread(_read_all, files, work)
+
+            def write(results):
+                computed = dict(zip(need, results))
+                out = []
+                for (seq, u, info), (env, bs, body, missing) in zip(chunk, plans):
+                    sections = {}
+                    if missing:
+                        result = computed.get(u)
+                        if result is None:
+                            continue  # gone since the index was read
+                        sections, new_env, new_bs, new_body = result
+                        if want_env and env is None:
+                            env = new_env.decode("latin-1")
+                            folder.cache(u, "envelope", env)
+                        if want_bs and (bs is None or body is None):
+                            bs, body = new_bs.decode("latin-1"), new_body.decode("latin-1")
+                            folder.cache(u, "bodystructure", bs)
+                            folder.cache(u, "body", body)
+                    out.append(self._fetch_response(sel, seq, u, info, items, sections, env, bs, body, u in seen))
+                self.write(b"".join(out))
+                return step(start + len(chunk))
+
+            return d.addCallback(read).addCallback(write)
+
+        def step_later(start):
+            if start >= len(targets):
+                return step(start)
+            # let other sessions run between big batches
+            from twisted.internet import reactor, task
+
+            return task.deferLater(reactor, 0, step, start)
+
+        return step(0)
+
+    def _fetch_response(self, sel, seq, u, info, items, sections, env, bs, body, seen_now):
+        flags = None
+        parts = []
+        for n, item in enumerate(items):
+            kind = item.kind
+            if kind == "uid":
+                parts.append(b"UID %d" % u)
+            elif kind == "flags":
+                flags = sel.flags_of(u, info)
+                if seen_now:
+                    flags.add("\\Seen")
+                parts.append(b"FLAGS " + fetch.flag_list(flags))
+            elif kind == "internaldate":
+                parts.append(b'INTERNALDATE "' + fetch.internaldate(info.internaldate) + b'"')
+            elif kind == "rfc822.size":
+                parts.append(b"RFC822.SIZE %d" % info.size)
+            elif kind == "envelope":
+                parts.append(b"ENVELOPE " + _wire(env))
+            elif kind == "bodystructure":
+                parts.append(b"BODYSTRUCTURE " + _wire(bs))
+            elif kind == "body":
+                parts.append(b"BODY " + _wire(body))
+            else:
+                data = sections.get(n, b"")
+                parts.append(item.label() + b" {%d}\r\n" % len(data) + data)
+        if seen_now and flags is None:
+            # RFC 3501 6.4.5: an implicit \Seen is reported with the data.
+            flags = sel.flags_of(u, info) | {"\\Seen"}
+            parts.append(b"FLAGS " + fetch.flag_list(flags))
+        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+
+
+def _wire(value):
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    return value
+

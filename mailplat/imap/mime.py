@@ -1,0 +1,296 @@
+"""
+A message's MIME tree as byte ranges, for FETCH BODY[section],
+BODYSTRUCTURE and ENVELOPE (RFC 3501 6.4.5, 7.4.2).
+
+Everything works on the message as IMAP sends it (CRLF line ends) and
+keeps the bytes as they are: a header field is its raw lines, folding and
+case included, so HEADER.FIELDS is byte-exact and 8-bit headers pass
+through untouched.
+"""
+
+import email.utils
+import re
+
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_FIELD = re.compile(rb"^([^:\s]+)[ \t]*:", re.M)
+
+
+def canonical(data):
+    """Stored bytes (LF or CRLF) -> CRLF line ends, as IMAP counts them."""
+    if b"\n" not in data:
+        return data
+    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+
+
+def header_fields(header):
+    """[(lowercase name, raw lines incl. CRLF)] of a header block."""
+    fields = []
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            name, raw = fields[-1]
+            fields[-1] = (name, raw + line + b"\r\n")
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            fields.append((b"", line + b"\r\n"))  # junk line; kept for HEADER
+            continue
+        fields.append((name.strip().lower(), line + b"\r\n"))
+    return fields
+
+
+def field_value(raw):
+    """Unfolded value of a raw header field, as text (bytes kept via surrogates)."""
+    value = raw.partition(b":")[2]
+    value = re.sub(rb"\r\n([ \t])", rb"\1", value).strip()
+    return value.decode("utf-8", "surrogateescape")
+
+
+class Part:
+    """One entity: header and body as offsets into the message bytes."""
+
+    __slots__ = ("data", "start", "body", "end", "children", "ctype", "params", "default_type")
+
+    def __init__(self, data, start, end, default_type=("text", "plain")):
+        self.data = data
+        self.start = start
+        self.end = end
+        self.default_type = default_type
+        m = _HEADER_END.search(data, start, end)
+        if data.startswith(b"\r\n", start, end):
+            self.body = start + 2  # no header at all
+        elif m is None:
+            self.body = end  # header only
+        else:
+            self.body = m.end()
+        self.children = []
+        self.ctype, self.params = self._content_type()
+        if self.ctype[0] == "multipart":
+            self._split_multipart()
+        elif self.ctype == ("message", "rfc822"):
+            self.children = [Part(data, self.body, end)]
+
+    @property
+    def header(self):
+        return self.data[self.start : self.body]
+
+    @property
+    def text(self):
+        return self.data[self.body : self.end]
+
+    def fields(self):
+        return header_fields(self.header)
+
+    def get(self, name):
+        """The first value of a header field, or None."""
+        name = name.lower().encode("ascii")
+        for n, raw in self.fields():
+            if n == name:
+                return field_value(raw)
+        return None
+
+    def _content_type(self):
+        value = self.get("content-type")
+        if not value:
+            return self.default_type, {"charset": "us-ascii"} if self.default_type == ("text", "plain") else {}
+        main, params = parse_params(value)
+        kind, slash, sub = main.partition("/")
+        if not slash or not kind.strip() or not sub.strip():
+            # RFC 2045 5.2: a syntactically invalid Content-Type is text/plain.
+            return ("text", "plain"), {"charset": "us-ascii"}
+        kind, sub = kind.strip().lower(), sub.strip().lower()
+        if kind == "text" and "charset" not in params:
+            params["charset"] = "us-ascii"  # RFC 2045 5.2 default
+        return (kind, sub), params
+
+    def _split_multipart(self):
+        boundary = self.params.get("boundary")
+        if not boundary:
+            return
+        delim = b"--" + boundary.encode("utf-8", "surrogateescape")
+        child_default = ("message", "rfc822") if self.ctype[1] == "digest" else ("text", "plain")
+        data, end = self.data, self.end
+        # RFC 2046 5.1.1: the CRLF before a delimiter belongs to it; the
+        # first delimiter may follow the header's blank line directly.
+        pos = max(self.body - 2, self.start)
+        starts = []
+        pattern = re.compile(rb"\r\n" + re.escape(delim) + rb"(--)?[ \t]*(?:\r\n|$)")
+        for m in pattern.finditer(data, pos, end):
+            starts.append((m.start(), m.end(), bool(m.group(1))))
+            if m.group(1):
+                break
+        for i, (s, e, final) in enumerate(starts):
+            if final:
+                break
+            nxt = starts[i + 1][0] if i + 1 < len(starts) else end
+            self.children.append(Part(data, e, nxt, child_default))
+
+    def find(self, numbers):
+        """The part named by a section's part numbers (1-based), or None."""
+        part = self
+        for n in numbers:
+            if part.ctype[0] == "multipart":
+                if not 1 <= n <= len(part.children):
+                    return None
+                part = part.children[n - 1]
+            elif part.ctype == ("message", "rfc822"):
+                inner = part.children[0]
+                if inner.ctype[0] == "multipart":
+                    if not 1 <= n <= len(inner.children):
+                        return None
+                    part = inner.children[n - 1]
+                elif n == 1:
+                    part = inner
+                else:
+                    return None
+            elif n == 1:
+                continue  # RFC 3501 6.4.5: a non-multipart message has part 1
+            else:
+                return None
+        return part
+
+
+_PARAM = re.compile(
+    r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', re.S
+)
+
+
+def parse_params(value):
+    """'text/plain; charset="x"' -> ('text/plain', {'charset': 'x'})."""
+    main, _, rest = value.partition(";")
+    params = {}
+    for m in _PARAM.finditer(";" + rest):
+        key = m.group(1).lower()
+        v = m.group(2).strip()
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = re.sub(r"\\(.)", r"\1", v[1:-1])
+        params.setdefault(key, v)
+    return main.strip(), params
+
+
+def lines_of(data):
+    return data.count(b"\r\n") + (1 if data and not data.endswith(b"\r\n") else 0)
+
+
+# --- wire formats -------------------------------------------------------
+
+
+def nstring(value):
+    from mailplat.imap.parser import quote
+
+    if value is None:
+        return b"NIL"
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    return quote(value)
+
+
+def _address_list(value):
+    if value is None:
+        return b"NIL"
+    out = []
+    for name, addr in email.utils.getaddresses([value]):
+        if not name and not addr:
+            continue
+        local, at, host = addr.rpartition("@")
+        if not at:
+            local, host = addr, None
+        # RFC 3501 7.4.2: group syntax is sent as a mailbox with NIL host.
+        out.append(b"(" + b" ".join((nstring(name or None), b"NIL", nstring(local or None), nstring(host))) + b")")
+    if not out:
+        return b"NIL"
+    return b"(" + b"".join(out) + b")"
+
+
+def envelope(part):
+    """ENVELOPE (RFC 3501 7.4.2) of a message part."""
+    get = part.get
+    sender_default = get("from")
+    items = [
+        nstring(get("date")),
+        nstring(get("subject")),
+        _address_list(get("from")),
+        _address_list(get("sender") or sender_default),
+        _address_list(get("reply-to") or sender_default),
+        _address_list(get("to")),
+        _address_list(get("cc")),
+        _address_list(get("bcc")),
+        nstring(get("in-reply-to")),
+        nstring(get("message-id")),
+    ]
+    return b"(" + b" ".join(items) + b")"
+
+
+def _param_list(params):
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(nstring(k.upper()) + b" " + nstring(v) for k, v in params.items()) + b")"
+
+
+def _disposition(part):
+    value = part.get("content-disposition")
+    if not value:
+        return b"NIL"
+    kind, params = parse_params(value)
+    return b"(" + nstring(kind.upper()) + b" " + _param_list(params) + b")"
+
+
+def _language(part):
+    value = part.get("content-language")
+    if not value:
+        return b"NIL"
+    tags = [t.strip() for t in value.split(",") if t.strip()]
+    return b"(" + b" ".join(nstring(t) for t in tags) + b")"
+
+
+def bodystructure(part, extended=True):
+    """BODYSTRUCTURE (extended) or BODY (RFC 3501 7.4.2) of a part."""
+    kind, sub = part.ctype
+    if kind == "multipart":
+        if not part.children:
+            # A multipart without parts cannot be expressed; show it as text.
+            return _single(part, ("text", "plain"), {"charset": "us-ascii"}, extended)
+        inner = b"".join(bodystructure(c, extended) for c in part.children)
+        out = inner + b" " + nstring(sub.upper())
+        if extended:
+            out += b" " + b" ".join(
+                (_param_list(part.params), _disposition(part), _language(part), nstring(part.get("content-location")))
+            )
+        return b"(" + out + b")"
+    return _single(part, part.ctype, part.params, extended)
+
+
+def _single(part, ctype, params, extended):
+    kind, sub = ctype
+    text = part.text
+    encoding = (part.get("content-transfer-encoding") or "7bit").strip().upper()
+    fields = [
+        nstring(kind.upper()),
+        nstring(sub.upper()),
+        _param_list(params),
+        nstring(part.get("content-id")),
+        nstring(part.get("content-description")),
+        nstring(encoding),
+        b"%d" % len(text),
+    ]
+    if (kind, sub) == ("message", "rfc822") and part.children:
+        inner = part.children[0]
+        fields += [envelope(inner), bodystructure(inner, extended), b"%d" % lines_of(text)]
+    elif kind == "text":
+        fields.append(b"%d" % lines_of(text))
+    if extended:
+        fields += [
+            nstring(part.get("content-md5")),
+            _disposition(part),
+            _language(part),
+            nstring(part.get("content-location")),
+        ]
+    return b"(" + b" ".join(fields) + b")"
+
+
+def header_subset(part, names, negate):
+    """HEADER.FIELDS[.NOT]: the matching raw lines in order, then CRLF (byte-exact)."""
+    wanted = {n.lower() for n in names}
+    out = [raw for name, raw in part.fields() if (name in wanted) != negate and name]
+    return b"".join(out) + b"\r\n"

@@ -1,0 +1,614 @@
+"""
+The IMAP4rev1 server: Twisted's IMAP4Server with what real clients need.
+
+Twisted's server dispatches commands without waiting for the previous one
+to finish, answers input pipelined after STARTTLS, drops the connection on
+a raw UTF-8 header, ends IDLE on any line, has no UIDPLUS, MOVE, UNSELECT,
+ID, ENABLE, SPECIAL-USE or LITERAL+, and re-parses messages on every FETCH.
+This subclass keeps Twisted's reply helpers, its FETCH attribute parser,
+its date and modified UTF-7 codecs and wildcard matcher, and replaces the
+framing and the command handlers so that:
+
+- a command is read whole, literals included, before it runs, and
+  commands run strictly one after another (RFC 3501 5.5);
+- literals and lines over the limits get a tagged BAD/NO (RFC 7888 4);
+- nothing pipelined after STARTTLS is acted on (RFC 3501 6.2.1);
+- LOGIN/AUTHENTICATE need TLS on the plain port (RFC 3501 6.2.3, 7.2.1);
+- other sessions' changes reach the client as EXISTS / FETCH / EXPUNGE
+  when RFC 3501 7.4.1 allows, at once during IDLE (RFC 2177).
+
+Folder commands live in L{mailplat.imap.mailboxes}, message commands in
+L{mailplat.imap.messages}.
+"""
+
+import base64
+import binascii
+
+from twisted.cred import credentials, error as cred_error
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from mailplat.imap.mailboxes import MailboxCommands
+from mailplat.imap.messages import MessageCommands
+from mailplat.imap.parser import BadCommand, Reader, literal_announced
+from mailplat.interfaces import TemporaryFailure
+
+log = Logger()
+
+MAX_COMMAND = 64 * 1024  # command text without literals
+MAX_LITERAL = 64 * 1024  # a literal in anything but APPEND
+MAX_ERRORS = 50  # consecutive BADs before the server gives up
+AUTHENTICATED_TIMEOUT = 30 * 60  # RFC 3501 5.4: at least 30 minutes
+
+CAPABILITIES = [
+    b"IMAP4rev1",
+    b"LITERAL+",
+    b"SASL-IR",
+    b"ID",
+    b"ENABLE",
+    b"IDLE",
+    b"NAMESPACE",
+    b"UIDPLUS",
+    b"MOVE",
+    b"UNSELECT",
+    b"SPECIAL-USE",
+    b"CHILDREN",
+]
+
+UNAUTH, AUTH, SELECTED, LOGOUT = "unauth", "auth", "select", "logout"
+ANY = (UNAUTH, AUTH, SELECTED)
+AFTER_LOGIN = (AUTH, SELECTED)
+
+# command -> (method, states, allowed after UID)
+COMMANDS = {
+    b"CAPABILITY": ("cmd_CAPABILITY", ANY),
+    b"NOOP": ("cmd_NOOP", ANY),
+    b"LOGOUT": ("cmd_LOGOUT", ANY),
+    b"ID": ("cmd_ID", ANY),
+    b"STARTTLS": ("cmd_STARTTLS", (UNAUTH,)),
+    b"LOGIN": ("cmd_LOGIN", (UNAUTH,)),
+    b"AUTHENTICATE": ("cmd_AUTHENTICATE", (UNAUTH,)),
+    b"SELECT": ("cmd_SELECT", AFTER_LOGIN),
+    b"EXAMINE": ("cmd_EXAMINE", AFTER_LOGIN),
+    b"CREATE": ("cmd_CREATE", AFTER_LOGIN),
+    b"DELETE": ("cmd_DELETE", AFTER_LOGIN),
+    b"RENAME": ("cmd_RENAME", AFTER_LOGIN),
+    b"SUBSCRIBE": ("cmd_SUBSCRIBE", AFTER_LOGIN),
+    b"UNSUBSCRIBE": ("cmd_UNSUBSCRIBE", AFTER_LOGIN),
+    b"LIST": ("cmd_LIST", AFTER_LOGIN),
+    b"LSUB": ("cmd_LSUB", AFTER_LOGIN),
+    b"STATUS": ("cmd_STATUS", AFTER_LOGIN),
+    b"APPEND": ("cmd_APPEND", AFTER_LOGIN),
+    b"NAMESPACE": ("cmd_NAMESPACE", AFTER_LOGIN),
+    b"ENABLE": ("cmd_ENABLE", AFTER_LOGIN),
+    b"IDLE": ("cmd_IDLE", AFTER_LOGIN),
+    b"CHECK": ("cmd_CHECK", (SELECTED,)),
+    b"CLOSE": ("cmd_CLOSE", (SELECTED,)),
+    b"UNSELECT": ("cmd_UNSELECT", (SELECTED,)),
+    b"EXPUNGE": ("cmd_EXPUNGE", (SELECTED,)),
+    b"SEARCH": ("cmd_SEARCH", (SELECTED,)),
+    b"FETCH": ("cmd_FETCH", (SELECTED,)),
+    b"STORE": ("cmd_STORE", (SELECTED,)),
+    b"COPY": ("cmd_COPY", (SELECTED,)),
+    b"MOVE": ("cmd_MOVE", (SELECTED,)),
+}
+UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE")
+# RFC 3501 7.4.1: no EXPUNGE while answering these (their UID forms may).
+NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH")
+
+
+class MailplatIMAP(MailboxCommands, MessageCommands, imap4.IMAP4Server):
+    """One IMAP session, configured through its factory (L{IMAPFactory})."""
+
+    IDENT = b"mailplat IMAP4rev1 ready"
+
+    def __init__(self, factory):
+        imap4.IMAP4Server.__init__(self, contextFactory=factory.tls_context)
+        self.factory = factory
+        self.portal = factory.portal
+        self.timeOut = factory.limits["command_timeout"]
+        self.max_line = max(factory.limits["line_length"], 8192)
+        self.state = UNAUTH
+        self.account = None  # IMailAccount once logged in
+        self.selected = None  # SelectedFolder
+        self._buf = b""
+        self._segments = None  # the command being read
+        self._literal_left = 0
+        self._literal_chunks = None
+        self._skip = 0  # octets of an oversized non-synchronizing literal to drop
+        self._reject = None  # (tag, response) owed when the command's input ends
+        self._long_line = False
+        self._busy = False
+        self._closed = False
+        self._idle_tag = None
+        self._sasl = None
+        self._command = b""
+        self._errors = 0
+        self._peer = ""
+        self._counted = False
+
+    # --- connection --------------------------------------------------
+
+    @property
+    def secure(self):
+        return self.startedTLS or ISSLTransport.providedBy(self.transport)
+
+    def _auth_allowed(self):
+        return self.secure or self.factory.allow_plaintext_auth
+
+    def _can_starttls(self):
+        return not self.secure and self.ctx is not None and ITLSTransport.providedBy(self.transport)
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self._peer = getattr(peer, "host", str(peer))
+        if not self.factory.connections.acquire(self._peer):
+            self.write(b"* BYE [UNAVAILABLE] too many connections from your address\r\n")
+            self._closed = True
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self.setTimeout(self.timeOut)
+        self.write(b"* OK [CAPABILITY " + b" ".join(self.capability_list()) + b"] " + self.IDENT + b"\r\n")
+
+    def connectionLost(self, reason):
+        self._closed = True
+        self.setTimeout(None)
+        if self._counted:
+            self.factory.connections.release(self._peer)
+            self._counted = False
+        self._deselect()
+        self.account = None
+
+    def timeoutConnection(self):
+        self.write(b"* BYE autologout; idle for too long\r\n")
+        self._closed = True
+        self.transport.loseConnection()
+
+    def write(self, data):
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    # --- capabilities --------------------------------------------------
+
+    def capability_list(self):
+        caps = list(CAPABILITIES)
+        if self.state == UNAUTH:
+            if self._can_starttls():
+                caps.append(b"STARTTLS")
+            if self._auth_allowed():
+                caps += [b"AUTH=PLAIN", b"AUTH=LOGIN"]
+            else:
+                caps.append(b"LOGINDISABLED")
+        return caps
+
+    def capabilities(self):
+        # Twisted's hook, kept truthful for anything that still calls it.
+        return {c: None for c in self.capability_list()[1:]}
+
+    # --- framing -------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._closed:
+            return
+        self.resetTimeout()
+        self._buf += data
+        self._process()
+        if self._busy and len(self._buf) > 1024 * 1024:
+            self.transport.pauseProducing()
+
+    def _process(self):
+        while not self._busy and not self._closed:
+            if self._literal_left or self._literal_chunks is not None:
+                take = self._buf[: self._literal_left]
+                self._buf = self._buf[len(take) :]
+                self._literal_left -= len(take)
+                self._literal_chunks.append(take)
+                if self._literal_left:
+                    return
+                self._segments.append(b"".join(self._literal_chunks))
+                self._literal_chunks = None
+                continue
+            if self._skip:
+                dropped = min(self._skip, len(self._buf))
+                self._buf = self._buf[dropped:]
+                self._skip -= dropped
+                if self._skip:
+                    return
+                continue
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if len(self._buf) > self.max_line:
+                    if not self._long_line and self._reject is None:
+                        first = self._segments[0] if self._segments else self._buf
+                        self._reject = (first.split(b" ", 1)[0], b"BAD line too long")
+                    self._long_line = True
+                    self._buf = b""
+                return
+            line, self._buf = self._buf[:end], self._buf[end + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if self._long_line:
+                # the end of an over-long line: answer it, then go on
+                self._long_line = False
+                self._segments = None
+                self._finish_rejected()
+                continue
+            if self._idle_tag is not None:
+                self._idle_line(line)
+                continue
+            if self._sasl is not None:
+                self._run(lambda: self._sasl_step(line))
+                continue
+            self._line(line)
+
+    def _line(self, line):
+        if self._segments is None:
+            self._segments = []
+            if len(line) > self.max_line:
+                self._reject = (line.split(b" ", 1)[0], b"BAD line too long")
+        announced = literal_announced(line)
+        self._segments.append(line)
+        if sum(len(s) for s in self._segments[::2]) > MAX_COMMAND and self._reject is None:
+            self._reject = (self._segments[0].split(b" ", 1)[0], b"BAD command too long")
+        if announced is None:
+            if self._reject is not None:
+                self._segments = None
+                self._finish_rejected()
+                return
+            segments, self._segments = self._segments, None
+            self._run(lambda: self._execute(segments))
+            return
+        size, nonsync = announced
+        limit, toobig = self._literal_limit()
+        if self._reject is None and size > limit:
+            self._reject = (self._segments[0].split(b" ", 1)[0], toobig)
+        if self._reject is not None:
+            if nonsync:
+                # RFC 7888 4: read and discard a literal we will not take.
+                self._skip = size
+                return
+            # A synchronizing literal is never sent without our "+".
+            self._segments = None
+            self._finish_rejected()
+            return
+        self._literal_left = size
+        self._literal_chunks = []
+        if not nonsync:
+            self.write(b"+ ready for literal data\r\n")
+
+    def _literal_limit(self):
+        first = self._segments[0].split(b" ", 3)
+        command = first[1].upper() if len(first) > 1 else b""
+        if command == b"APPEND":
+            # RFC 7889/4469: an APPEND too big for us is NO [TOOBIG].
+            return self.factory.limits["message_size"], b"NO [TOOBIG] message too big"
+        return MAX_LITERAL, b"BAD literal too big"
+
+    def _finish_rejected(self):
+        tag, response = self._reject
+        self._reject = None
+        if not tag or not _valid_tag(tag):
+            tag = b"*"
+        self.write(tag + b" " + response + b"\r\n")
+        self._count_error()
+
+    def _run(self, call):
+        try:
+            result = call()
+        except Exception:
+            log.failure("IMAP command failed")
+            self.write(b"* BAD [SERVERBUG] internal error\r\n")
+            return
+        if isinstance(result, defer.Deferred) and not result.called:
+            self._busy = True
+            result.addErrback(self._internal_error)
+            result.addBoth(self._resume)
+        elif isinstance(result, defer.Deferred):
+            result.addErrback(self._internal_error)
+
+    def _internal_error(self, failure):
+        log.failure("IMAP command failed", failure)
+        self.write(b"* BAD [SERVERBUG] internal error\r\n")
+
+    def _resume(self, _):
+        self._busy = False
+        if not self._closed:
+            self.transport.resumeProducing()
+            self._process()
+
+    def _count_error(self):
+        self._errors += 1
+        if self._errors >= MAX_ERRORS:
+            self.write(b"* BYE too many errors\r\n")
+            self._closed = True
+            self.transport.loseConnection()
+
+    # --- dispatch ------------------------------------------------------
+
+    def _execute(self, segments):
+        reader = Reader(segments)
+        try:
+            tag = reader.atom("a tag")
+        except BadCommand:
+            self.write(b"* BAD missing tag\r\n")
+            self._count_error()
+            return None
+        if not _valid_tag(tag):
+            self.write(b"* BAD invalid tag\r\n")
+            self._count_error()
+            return None
+        try:
+            reader.space()
+            name = reader.atom("a command").upper()
+            uid = False
+            if name == b"UID":
+                reader.space()
+                name = reader.atom("a command").upper()
+                uid = True
+                if name not in UID_COMMANDS:
+                    raise BadCommand("UID goes with FETCH, STORE, SEARCH, COPY, MOVE or EXPUNGE")
+            entry = COMMANDS.get(name)
+            if entry is None:
+                raise BadCommand("unknown command")
+            method, states = entry
+            if self.state not in states:
+                raise BadCommand(_wrong_state(self.state, states))
+            self._command = name if not uid else b"UID " + name
+            handler = getattr(self, method)
+            if name in UID_COMMANDS:
+                result = handler(tag, reader, uid)
+            else:
+                result = handler(tag, reader)
+        except BadCommand as e:
+            self.bad(tag, str(e))
+            return None
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(self._backend_failure, tag)
+        return result
+
+    def _backend_failure(self, failure, tag):
+        if failure.check(BadCommand):
+            self.bad(tag, str(failure.value))
+        elif failure.check(TemporaryFailure):
+            self.no(tag, f"[UNAVAILABLE] {failure.value.text}")
+        elif failure.check(KeyError):
+            self.no(tag, "[NONEXISTENT] no such mailbox or message")
+        else:
+            log.failure("IMAP backend error", failure)
+            self.no(tag, "[SERVERBUG] internal error")
+
+    # --- responses -----------------------------------------------------
+
+    def untagged(self, text):
+        self.write(b"* " + _b(text) + b"\r\n")
+
+    def ok(self, tag, text="completed"):
+        """Tagged OK, after what other sessions changed (RFC 3501 7.4.1)."""
+        self._errors = 0
+        self.flush_changes()
+        self.write(tag + b" OK " + _b(text) + b"\r\n")
+
+    def no(self, tag, text):
+        self.flush_changes()
+        self.write(tag + b" NO " + _b(text) + b"\r\n")
+
+    def bad(self, tag, text):
+        self.write(tag + b" BAD " + _b(text) + b"\r\n")
+        self._count_error()
+
+    def flush_changes(self):
+        if self.selected is None:
+            return
+        allow = self._idle_tag is not None or self._command not in NO_EXPUNGE_DURING
+        lines = self.selected.pending(allow)
+        if lines:
+            self.write(b"".join(lines))
+
+    def folder_event(self, event):
+        """A FolderEvent for the selected folder: kept, or pushed now in IDLE."""
+        if self.selected is None or self._closed:
+            return
+        if self.selected.on_event(event, self) and self._idle_tag is not None:
+            self.flush_changes()
+
+    # --- any state -----------------------------------------------------
+
+    def cmd_CAPABILITY(self, tag, reader):
+        reader.end()
+        self.untagged(b"CAPABILITY " + b" ".join(self.capability_list()))
+        self.ok(tag, "CAPABILITY completed")
+
+    def cmd_NOOP(self, tag, reader):
+        reader.end()
+        if self.selected is None:
+            self.ok(tag, "NOOP completed")
+            return None
+        d = defer.maybeDeferred(self.selected.folder.sync)
+        return d.addCallback(lambda _: self.ok(tag, "NOOP completed"))
+
+    def cmd_LOGOUT(self, tag, reader):
+        reader.end()
+        self.write(b"* BYE mailplat IMAP4rev1 signing off\r\n" + tag + b" OK LOGOUT completed\r\n")
+        self.state = LOGOUT
+        self._deselect()
+        self._closed = True
+        self.transport.loseConnection()
+
+    def cmd_ID(self, tag, reader):
+        # RFC 2971
+        reader.space()
+        if reader.peek() == b"(":
+            reader.paren_list(reader.nstring)
+        else:
+            reader.nstring()
+        reader.end()
+        self.untagged(b'ID ("name" "mailplat" "vendor" "mailplat")')
+        self.ok(tag, "ID completed")
+
+    # --- not authenticated -------------------------------------------------
+
+    def cmd_STARTTLS(self, tag, reader):
+        reader.end()
+        if not self._can_starttls():
+            return self.bad(tag, "TLS is already active" if self.secure else "STARTTLS not available")
+        # RFC 3501 6.2.1 / CVE-2011-0411: nothing sent before the handshake
+        # may be acted on after it.
+        self._buf = b""
+        self.write(tag + b" OK begin TLS negotiation now\r\n")
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+        return None
+
+    def _refuse_plaintext(self, tag):
+        self.no(tag, "[PRIVACYREQUIRED] use STARTTLS before logging in")
+
+    def cmd_LOGIN(self, tag, reader):
+        reader.space()
+        user = reader.astring("a user name")
+        reader.space()
+        password = reader.astring("a password")
+        reader.end()
+        if not self._auth_allowed():
+            return self._refuse_plaintext(tag)
+        return self._login(tag, user, password)
+
+    def cmd_AUTHENTICATE(self, tag, reader):
+        reader.space()
+        mechanism = reader.atom("a SASL mechanism").upper()
+        initial = None
+        if reader.maybe_space():
+            initial = reader.atom("an initial response")  # RFC 4959 SASL-IR
+        reader.end()
+        if not self._auth_allowed():
+            return self._refuse_plaintext(tag)
+        if mechanism not in (b"PLAIN", b"LOGIN"):
+            return self.no(tag, "unsupported SASL mechanism; use PLAIN or LOGIN")
+        self._sasl = {"tag": tag, "mechanism": mechanism}
+        if initial is not None:
+            return self._sasl_step(initial)
+        self.write(b"+ \r\n" if mechanism == b"PLAIN" else b"+ VXNlcm5hbWU6\r\n")
+        return None
+
+    def _sasl_step(self, line):
+        state = self._sasl
+        tag = state["tag"]
+        if line.strip() == b"*":
+            self._sasl = None
+            return self.bad(tag, "AUTHENTICATE cancelled")  # RFC 3501 6.2.2
+        try:
+            decoded = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
+        except (binascii.Error, ValueError):
+            self._sasl = None
+            return self.bad(tag, "cannot decode base64")
+        if state["mechanism"] == b"PLAIN":
+            self._sasl = None
+            fields = decoded.split(b"\0")
+            if len(fields) != 3 or (fields[0] and fields[0] != fields[1]):
+                return self.bad(tag, "malformed PLAIN response")
+            return self._login(tag, fields[1], fields[2])
+        if "user" not in state:
+            state["user"] = decoded
+            self.write(b"+ UGFzc3dvcmQ6\r\n")
+            return None
+        self._sasl = None
+        return self._login(tag, state["user"], decoded)
+
+    def _login(self, tag, user, password):
+        throttle = self.factory.throttle
+        if throttle.blocked(self._peer):
+            return self.no(tag, "[UNAVAILABLE] too many failed logins; try again later")
+        d = self.portal.login(credentials.UsernamePassword(user, password), None, imap4.IAccount)
+
+        def ok(result):
+            _, avatar, logout = result
+            self._onLogout = logout
+            self.account = avatar.account
+            self.state = AUTH
+            throttle.succeeded(self._peer)
+            self.setTimeout(max(self.timeOut, AUTHENTICATED_TIMEOUT))
+            log.info("IMAP login {user} from {peer}", user=user.decode("utf-8", "replace"), peer=self._peer)
+            self.ok(tag, b"[CAPABILITY " + b" ".join(self.capability_list()) + b"] logged in")
+
+        def failed(failure):
+            if failure.check(cred_error.UnauthorizedLogin):
+                delay = throttle.delay(self._peer)
+                throttle.failed(self._peer)
+                wait = defer.Deferred()
+                reactor.callLater(delay, wait.callback, None)
+                return wait.addCallback(lambda _: self.no(tag, "[AUTHENTICATIONFAILED] authentication failed"))
+            if failure.check(TemporaryFailure):
+                return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
+            log.failure("IMAP login error", failure)
+            return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
+
+        return d.addCallbacks(ok, failed)
+
+    # --- IDLE (RFC 2177) ---------------------------------------------------
+
+    def cmd_IDLE(self, tag, reader):
+        reader.end()
+        self.write(b"+ idling\r\n")
+        self._idle_tag = tag
+        self.flush_changes()
+        if self.selected is not None:
+            d = defer.maybeDeferred(self.selected.folder.sync)
+            d.addErrback(lambda f: log.failure("sync on IDLE failed", f))
+        return None
+
+    def _idle_line(self, line):
+        # RFC 2177 3: IDLE ends with DONE and nothing else.
+        if line.strip().upper() != b"DONE":
+            self.write(b"* BAD expected DONE to end IDLE\r\n")
+            self._count_error()
+            return
+        tag, self._idle_tag = self._idle_tag, None
+        self._command = b"IDLE"
+        self.ok(tag, "IDLE terminated")
+
+    # --- selection -------------------------------------------------------
+
+    def _deselect(self):
+        if self.selected is not None:
+            self.selected.close()
+            self.selected = None
+        if self.state == SELECTED:
+            self.state = AUTH
+
+
+def _b(text):
+    return text if isinstance(text, bytes) else text.encode("utf-8")
+
+
+def _valid_tag(tag):
+    # RFC 3501 9: tag = 1*<any ASTRING-CHAR except "+">
+    return b"+" not in tag and all(0x21 <= c < 0x7F and c not in b'(){%*"\\' for c in tag)
+
+
+def _wrong_state(state, states):
+    if state == UNAUTH:
+        return "log in first"
+    if states == (UNAUTH,):
+        return "already logged in"
+    if states == (SELECTED,):
+        return "select a mailbox first"
+    return "command not allowed now"
+
+
+class IMAPFactory(protocol.ServerFactory):
+    """Builds IMAP sessions for one port (imap with STARTTLS, or imaps)."""
+
+    def __init__(self, portal, tls_context, limits, throttle=None, connections=None, allow_plaintext_auth=False):
+        from mailplat.throttle import ConnectionLimiter, LoginThrottle
+
+        self.portal = portal
+        self.tls_context = tls_context
+        self.limits = limits
+        self.throttle = throttle or LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
+        self.connections = connections or ConnectionLimiter(limits["connections_per_ip"])
+        self.allow_plaintext_auth = allow_plaintext_auth
+
+    def buildProtocol(self, addr):
+        return MailplatIMAP(self)

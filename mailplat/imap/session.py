@@ -1,0 +1,139 @@
+"""
+One session's view of its selected folder (RFC 3501 2.3.1.2, 7.4.1).
+
+The folder object is shared by every session that opens it; each session
+keeps only its own sequence-number map (an array of UIDs, 4 bytes a
+message), the UIDs it was told are \\Recent, and what changed since it
+last told its client. Changes arrive as FolderEvents and are turned into
+EXPUNGE / EXISTS / FETCH responses when the RFC allows.
+"""
+
+from array import array
+from bisect import bisect_left
+
+from mailplat.imap.fetch import flag_list
+from mailplat.imap.parser import parse_sequence_set
+
+
+class SelectedFolder:
+    __slots__ = ("folder", "readonly", "uids", "recent", "expunged", "flagged", "unsubscribe", "__weakref__")
+
+    def __init__(self, folder, readonly):
+        self.folder = folder
+        self.readonly = readonly
+        self.uids = array("I")
+        self.recent = set()
+        self.expunged = set()  # UIDs gone from the folder, not yet reported
+        self.flagged = set()  # UIDs whose flags others changed
+        self.unsubscribe = None
+
+    # --- lookups ---------------------------------------------------------
+
+    def info(self, uid):
+        """The folder's IMessageInfo for a UID, or None if it has gone."""
+        msgs = self.folder.messages()
+        i = bisect_left(msgs, uid, key=_uid_of)
+        if i < len(msgs) and msgs[i].uid == uid:
+            return msgs[i]
+        return None
+
+    def seq_of(self, uid):
+        i = bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def resolve(self, token, uid_mode):
+        """
+        A checked sequence set -> [(seq, uid)] in the view, ascending.
+
+        RFC 3501 6.4.8: in UID commands, `*` is the largest UID and a range
+        matches the UIDs that exist; numbers beyond the view match nothing.
+        """
+        uids = self.uids
+        if not uids:
+            return []
+        if uid_mode:
+            ranges = parse_sequence_set(token, uids[-1])
+            out = set()
+            for a, b in ranges:
+                lo = bisect_left(uids, a)
+                hi = bisect_left(uids, b + 1)
+                out.update(range(lo, hi))
+            return [(i + 1, uids[i]) for i in sorted(out)]
+        ranges = parse_sequence_set(token, len(uids))
+        out = set()
+        for a, b in ranges:
+            out.update(range(max(a, 1) - 1, min(b, len(uids))))
+        return [(i + 1, uids[i]) for i in sorted(out)]
+
+    def bad_sequence(self, token):
+        """True when a non-UID set names numbers the view does not have."""
+        ranges = parse_sequence_set(token, len(self.uids) or 1)
+        return any(b > len(self.uids) for a, b in ranges)
+
+    def flags_of(self, uid, info=None):
+        info = info or self.info(uid)
+        flags = set(info.flags) if info else set()
+        if uid in self.recent:
+            flags.add("\\Recent")
+        return flags
+
+    # --- events --------------------------------------------------------
+
+    def on_event(self, event, me):
+        if event.origin is me:
+            return False
+        if event.kind == "expunge":
+            self.expunged.update(u for u in event.uids)
+        elif event.kind == "flags":
+            self.flagged.update(event.uids)
+        return True
+
+    def pending(self, allow_expunge):
+        """Untagged responses owed to the client now (RFC 3501 7.4.1, 5.2)."""
+        out = []
+        if allow_expunge and self.expunged:
+            out += self.drop(self.expunged)
+            self.expunged = set()
+        msgs = self.folder.messages()
+        top = self.uids[-1] if self.uids else 0
+        if msgs and msgs[-1].uid > top:
+            i = bisect_left(msgs, top + 1, key=_uid_of)
+            new = [m.uid for m in msgs[i:]]
+            self.uids.extend(new)
+            if not self.readonly:
+                self.recent.update(self.folder.claim_recent(new))
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if self.flagged:
+            for uid in sorted(self.flagged):
+                seq = self.seq_of(uid)
+                info = self.info(uid)
+                if seq is None or info is None:
+                    continue
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flag_list(self.flags_of(uid, info))))
+            self.flagged = set()
+        return out
+
+    def drop(self, uids):
+        """Remove UIDs from the view: one EXPUNGE each, numbers as they shift."""
+        out = []
+        gone = sorted((self.seq_of(u), u) for u in uids if self.seq_of(u) is not None)
+        for seq, uid in reversed(gone):
+            out.append(b"* %d EXPUNGE\r\n" % seq)
+            self.recent.discard(uid)
+        if gone:
+            dropped = {u for _, u in gone}
+            self.uids = array("I", (u for u in self.uids if u not in dropped))
+        self.expunged.difference_update(uids)
+        return out
+
+    def close(self):
+        if self.unsubscribe is not None:
+            self.unsubscribe()
+            self.unsubscribe = None
+
+
+def _uid_of(info):
+    return info.uid

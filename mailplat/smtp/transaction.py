@@ -1,0 +1,374 @@
+"""
+The mail transaction: MAIL, RCPT, DATA and BDAT, driving an
+IDeliveryTransaction so that each recipient gets its own answer and `250`
+comes only after the delivery's commit.
+"""
+
+import re
+import uuid
+from email.utils import formatdate
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailplat.interfaces import Envelope, PermanentFailure, TemporaryFailure
+from mailplat.smtp.address import PathError, parse_path, split_path
+from mailplat.smtp.framing import DataReader
+from mailplat.smtp.headers import received_header
+from mailplat.store.source import BytesSource, PrefixedSource, SpooledSource
+
+log = Logger()
+
+COMMAND, DATA, BDAT = "COMMAND", "DATA", "BDAT"
+
+_MISSING_HEADER = re.compile(rb"^(message-id|date)[ \t]*:", re.I | re.M)
+
+
+class BdatChunk:
+    """Where we are in one BDAT chunk (RFC 3030 2)."""
+
+    def __init__(self, size, last, error):
+        self.remaining = size
+        self.last = last
+        self.error = error  # (code, enhanced, text) when the chunk is refused
+
+
+class SMTPTransactionMixin:
+    """MAIL / RCPT / DATA / BDAT for L{mailplat.smtp.server.MailplatSMTP}."""
+
+    def _reset_transaction(self):
+        if self._transaction is not None:
+            try:
+                self._transaction.abort()
+            except Exception:
+                log.failure("abort failed")
+        if self._data is not None:
+            self._data.discard()
+            self._data = None
+        self._transaction = None
+        self._sender = None
+        self._recipients = []
+        self._utf8 = False
+        self._bdat_size = 0
+        self._bdat_cr = False
+        self._bdat_failed = False
+
+    def _protocol_name(self):
+        # RFC 3848, and RFC 6531 3.7.3 for SMTPUTF8 (UTF8SMTP...)
+        name = "ESMTP" + ("S" if self.secure else "") + ("A" if self._user else "")
+        return ("UTF8SMTP" + name[5:]) if self._utf8 else name
+
+    def _text_argument(self, rest, keyword):
+        """`FROM:<...> params` as str, or None after answering 501."""
+        try:
+            text = rest.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(501, "5.5.2", "arguments are not UTF-8")
+            return None
+        if not text[: len(keyword)].upper() == keyword:
+            self._error(501, "5.5.4", f"syntax: {keyword}<address>")
+            return None
+        return text[len(keyword) :]
+
+    def _params(self, text):
+        """ESMTP parameters -> {KEYWORD: value or None}; None after a 501/555."""
+        params = {}
+        for item in text.split():
+            key, sep, value = item.partition("=")
+            if not key.isascii() or not key.replace("-", "").isalnum():
+                self._error(501, "5.5.4", f"bad parameter {item!r}")
+                return None
+            params[key.upper()] = value if sep else None
+        return params
+
+    # --- MAIL ----------------------------------------------------------------
+
+    def smtp_MAIL(self, rest):
+        if self._helo[0] is None:
+            self._error(503, "5.5.1", "send EHLO or HELO first")
+            return None
+        if self._transaction is not None:
+            self._error(503, "5.5.1", "nested MAIL command")
+            return None
+        if self.policy != "mx" and self._user is None:
+            self._error(530, "5.7.0", "authentication required")
+            return None
+        text = self._text_argument(rest, "FROM:")
+        if text is None:
+            return None
+        try:
+            path, param_text = split_path(text)
+        except PathError as e:
+            self._error(501, "5.1.7", f"bad sender address: {e}")
+            return None
+        params = self._params(param_text)
+        if params is None:
+            return None
+        for key, value in params.items():
+            problem = self._check_mail_param(key, value)
+            if problem:
+                self._error(*problem)
+                return None
+        utf8 = "SMTPUTF8" in params
+        try:
+            sender = parse_path(path, utf8=utf8, allow_null=True)
+        except PathError as e:
+            self._error(553, "5.1.7", f"bad sender address: {e}")
+            return None
+        self._utf8 = utf8
+        return self._start(sender)
+
+    def _check_mail_param(self, key, value):
+        """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 4954 AUTH."""
+        if key == "SIZE":
+            if not value or not value.isdigit():
+                return (501, "5.5.4", "SIZE needs a number")
+            if int(value) > self.factory.limits["message_size"]:
+                return (552, "5.3.4", "message size exceeds fixed maximum message size")
+        elif key == "BODY":
+            if (value or "").upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
+                return (501, "5.5.4", "BODY must be 7BIT, 8BITMIME or BINARYMIME")
+        elif key == "SMTPUTF8":
+            if value is not None:
+                return (501, "5.5.4", "SMTPUTF8 takes no value")
+        elif key != "AUTH":
+            return (555, "5.5.4", f"parameter {key} not supported")
+        return None
+
+    def _start(self, sender):
+        envelope = Envelope(
+            sender=sender,
+            helo=self._helo[0].decode("utf-8", "replace"),
+            client_address=self._peer,
+            protocol=self._protocol_name(),
+            authenticated_as=self._user.address if self._user else None,
+            received_by=self.factory.hostname,
+        )
+        d = defer.succeed(True)
+        if self._user is not None and self.factory.restrict_sender and sender:
+            d = defer.maybeDeferred(self.factory.addresses.owns, self._user.address, sender)
+
+        def allowed(ok):
+            if not ok:
+                raise PermanentFailure(
+                    f"{self._user.address} may not send as {sender}", "5.7.1", 553
+                )
+            return self.factory.delivery.start(envelope)
+
+        def started(transaction):
+            self._transaction = transaction
+            self._sender = sender
+            self._recipients = []
+            self.reply(250, "2.1.0", "sender OK")
+
+        return d.addCallback(allowed).addCallbacks(started, self._failed_reply)
+
+    # --- RCPT ------------------------------------------------------------------
+
+    def smtp_RCPT(self, rest):
+        if self._transaction is None:
+            self._error(503, "5.5.1", "need MAIL before RCPT")
+            return None
+        text = self._text_argument(rest, "TO:")
+        if text is None:
+            return None
+        try:
+            path, param_text = split_path(text)
+            address = parse_path(path, utf8=self._utf8)
+        except PathError as e:
+            self._error(553 if "@" in text else 501, "5.1.3", f"bad recipient address: {e}")
+            return None
+        params = self._params(param_text)
+        if params is None:
+            return None
+        if params:
+            self._error(555, "5.5.4", f"parameter {next(iter(params))} not supported")
+            return None
+        if len(self._recipients) >= self.factory.limits["recipients"]:
+            self.reply(452, "4.5.3", "too many recipients")
+            return None
+        domain = address.rpartition("@")[2]
+        if not self.factory.is_local_domain(domain):
+            if self.policy == "mx":
+                self.reply(554, "5.7.1", f"relay access denied: {domain} is not handled here")
+            else:
+                self.reply(550, "5.7.1", f"relay to {domain} is not configured on this server")
+            return None
+        d = defer.maybeDeferred(self._transaction.add_recipient, address)
+
+        def accepted(_):
+            self._recipients.append(address)
+            self.reply(250, "2.1.5", "recipient OK")
+
+        return d.addCallbacks(accepted, self._failed_reply)
+
+    def _failed_reply(self, failure):
+        if failure.check(PermanentFailure):
+            e = failure.value
+            self.reply(e.code, e.enhanced, e.text)
+        elif failure.check(TemporaryFailure):
+            e = failure.value
+            self.reply(451, e.enhanced, e.text)
+        else:
+            log.failure("SMTP backend error", failure)
+            self.reply(451, "4.3.0", "local error in processing")
+
+    # --- DATA ------------------------------------------------------------------
+
+    def smtp_DATA(self, rest):
+        if self._transaction is None:
+            self._error(503, "5.5.1", "need MAIL before DATA")
+            return
+        if not self._recipients:
+            self._error(554, "5.5.1", "no valid recipients")
+            return
+        if self._data is not None:
+            self._error(503, "5.5.1", "DATA after BDAT in one transaction")
+            return
+        self._data = SpooledSource(self.factory.spool_dir)
+        self._data_reader = DataReader(
+            self._data.write,
+            max_size=self.factory.limits["message_size"],
+            max_line=self.factory.limits["line_length"],
+        )
+        self._state = DATA
+        self.setTimeout(self.factory.limits["data_timeout"])
+        self.reply(354, None, "end data with <CR><LF>.<CR><LF>")
+
+    def _end_of_data(self):
+        self._state = COMMAND
+        self.setTimeout(self.timeout)
+        reader = self._data_reader
+        self._data_reader = None
+        problem = None
+        if reader.too_big:
+            problem = (552, "5.3.4", "message size exceeds fixed maximum message size")
+        elif reader.long_line:
+            limit = self.factory.limits["line_length"]
+            problem = (554, "5.6.0", f"message has a line longer than {limit} octets")
+        return self._finish_message(problem)
+
+    # --- BDAT (RFC 3030) -------------------------------------------------------
+
+    def smtp_BDAT(self, rest):
+        parts = rest.split()
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1].upper() != b"LAST"):
+            # We cannot know how many octets follow: the session is lost.
+            self.reply(501, "5.5.4", "syntax: BDAT size [LAST]; closing")
+            self._state = "CLOSED"
+            self.transport.loseConnection()
+            return
+        size, last = int(parts[0]), len(parts) == 2
+        error = None
+        if self._transaction is None:
+            error = (503, "5.5.1", "need MAIL before BDAT")
+        elif not self._recipients:
+            error = (554, "5.5.1", "no valid recipients")
+        elif self._data_reader is not None:
+            error = (503, "5.5.1", "BDAT during DATA")
+        elif self._bdat_failed:
+            error = (503, "5.5.1", "an earlier BDAT of this message failed; send RSET")
+        if error is None and self._data is None:
+            self._data = SpooledSource(self.factory.spool_dir)
+        self._bdat = BdatChunk(size, last, error)
+        self._state = BDAT
+        self.setTimeout(self.factory.limits["data_timeout"])
+        return None  # the loop in _process reads the chunk
+
+    def _bdat_feed(self):
+        """
+        Take the current chunk's octets from the buffer. False while more
+        are needed; then the chunk's outcome (None, or the delivery's
+        Deferred for the LAST chunk).
+        """
+        chunk = self._bdat
+        take = min(chunk.remaining, len(self._buffer))
+        data, self._buffer = self._buffer[:take], self._buffer[take:]
+        chunk.remaining -= take
+        if chunk.error is None and data:
+            self._bdat_size += len(data)
+            if self._bdat_size <= self.factory.limits["message_size"]:
+                # Stored files use LF line ends; a CR split from its LF by a
+                # read or chunk boundary waits for the next octet.
+                if self._bdat_cr:
+                    data = b"\r" + data
+                    self._bdat_cr = False
+                if data.endswith(b"\r"):
+                    data, self._bdat_cr = data[:-1], True
+                self._data.write(data.replace(b"\r\n", b"\n"))
+        if chunk.remaining:
+            return False
+        self._state = COMMAND
+        self.setTimeout(self.timeout)
+        if chunk.last and self._bdat_cr and chunk.error is None:
+            self._data.write(b"\r")
+            self._bdat_cr = False
+        self._bdat = None
+        if chunk.error is not None:
+            self._bdat_failed = self._transaction is not None
+            self._error(*chunk.error)
+            return None
+        if self._bdat_size > self.factory.limits["message_size"]:
+            too_big = (552, "5.3.4", "message size exceeds fixed maximum message size")
+            if chunk.last:
+                return self._finish_message(too_big)
+            self._bdat_failed = True
+            self.reply(*too_big)
+            return None
+        if chunk.last:
+            return self._finish_message(None)
+        self.reply(250, "2.0.0", f"{self._bdat_size} octets received")
+        return None
+
+    # --- end of a message --------------------------------------------------------
+
+    def _finish_message(self, problem):
+        """Deliver the received message (or refuse it) and answer once."""
+        source = self._data
+        self._data = None
+        if problem is not None:
+            if source is not None:
+                source.discard()
+            self._reset_transaction()
+            self.reply(*problem)
+            return None
+        prefix = received_header(
+            helo=self._helo[0].decode("utf-8", "replace"),
+            client_address=self._peer,
+            hostname=self.factory.hostname,
+            protocol=self._protocol_name(),
+            recipients=self._recipients,
+        )
+        if self.policy != "mx":
+            prefix += self._submission_headers(source)
+        transaction = self._transaction
+        d = defer.maybeDeferred(transaction.deliver, PrefixedSource(prefix, source))
+
+        def done(_):
+            self.reply(250, "2.0.0", "message accepted for delivery")
+
+        def finished(result):
+            source.discard()
+            self._transaction = None
+            self._reset_transaction()
+            return result
+
+        d.addCallbacks(done, self._failed_reply)
+        d.addBoth(finished)
+        return d
+
+    def _submission_headers(self, source):
+        """RFC 6409 8.2/8.3: a submission server adds Date and Message-ID when missing."""
+        with source.open() as f:
+            head = f.read(64 * 1024)
+        end = head.find(b"\n\n")
+        header = head if end < 0 else head[: end + 1]
+        if head.startswith(b"\n"):
+            header = b""
+        present = {m.group(1).lower() for m in _MISSING_HEADER.finditer(header)}
+        added = b""
+        if b"date" not in present:
+            added += f"Date: {formatdate(localtime=True)}\n".encode()
+        if b"message-id" not in present:
+            added += f"Message-ID: <{uuid.uuid4().hex}@{self.factory.hostname}>\n".encode()
+        return added

@@ -1,0 +1,115 @@
+"""
+mailplat's per-folder index, beside the mail (as Dovecot keeps
+`dovecot.index` and `dovecot.index.cache`). Both files are caches: lose
+them and they are rebuilt from the maildir and `dovecot-uidlist`.
+
+- `mailplat-index.json`: what a SELECT needs without opening a message:
+  each message's UID, file name, size and internaldate, plus the stamps of
+  new/, cur/ and the uidlist at the scan that wrote it, so a later process
+  knows whether the folder changed since. Rewritten whole, atomically.
+- `mailplat-cache.jsonl`: values the IMAP layer computed once (ENVELOPE,
+  BODYSTRUCTURE), one JSON line `[uid, field, value]` appended per value;
+  the first line names the UIDVALIDITY it belongs to. Rewritten when most
+  of its lines are dead.
+
+Blocking; run in a thread.
+"""
+
+import json
+import os
+
+from twisted.logger import Logger
+
+INDEX = "mailplat-index.json"
+CACHE = "mailplat-cache.jsonl"
+VERSION = 1
+
+log = Logger()
+
+
+def load_index(folder_path):
+    """@return: the index dict, or None when missing, unreadable or old."""
+    path = os.path.join(folder_path, INDEX)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warn("{path}: unreadable index, rebuilding ({e})", path=path, e=e)
+        return None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        return None
+    return data
+
+
+def save_index(folder_path, data):
+    data = dict(data, version=VERSION)
+    _replace(os.path.join(folder_path, INDEX), json.dumps(data, separators=(",", ":")).encode("utf-8"))
+
+
+def _replace(path, payload):
+    # No fsync: the file is a cache; a torn one fails to parse and is rebuilt.
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.rename(tmp, path)
+    except OSError as e:
+        log.warn("{path}: cannot write index ({e})", path=path, e=e)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_cache(folder_path, uidvalidity):
+    """@return: ({uid: {field: value}}, number of lines)."""
+    path = os.path.join(folder_path, CACHE)
+    cache, lines = {}, 0
+    try:
+        with open(path, "rb") as f:
+            head = f.readline()
+            try:
+                if json.loads(head).get("uidvalidity") != uidvalidity:
+                    return {}, 0
+            except (ValueError, AttributeError):
+                return {}, 0
+            for line in f:
+                try:
+                    uid, field, value = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line
+                cache.setdefault(uid, {})[field] = value
+                lines += 1
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warn("{path}: unreadable cache ({e})", path=path, e=e)
+    return cache, lines
+
+
+def _header(uidvalidity):
+    return json.dumps({"uidvalidity": uidvalidity}).encode("utf-8") + b"\n"
+
+
+def append_cache(folder_path, uidvalidity, items):
+    """Append [(uid, field, value)]; starts the file when it's missing."""
+    path = os.path.join(folder_path, CACHE)
+    payload = b"".join(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n" for item in items)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        rewrite_cache(folder_path, uidvalidity, {})
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    with os.fdopen(fd, "ab") as f:
+        f.write(payload)
+
+
+def rewrite_cache(folder_path, uidvalidity, cache):
+    body = b"".join(
+        json.dumps([uid, field, value], separators=(",", ":")).encode("utf-8") + b"\n"
+        for uid, fields in sorted(cache.items())
+        for field, value in fields.items()
+    )
+    _replace(os.path.join(folder_path, CACHE), _header(uidvalidity) + body)

@@ -411,6 +411,31 @@ class IDeliveryTransaction(Interface):
         """Forget the transaction (RSET, a dropped connection)."""
 
 
+class IRelayQueue(Interface):
+    """
+    Where mail for remote recipients goes: a persistent queue that carries
+    it to other servers, retries, and bounces (RFC 5321 4.5.4, RFC 3464).
+    """
+
+    def enqueue(envelope, recipients, source):
+        """
+        Accept a message for remote delivery.
+
+        @param envelope: the L{Envelope} (sender, client, protocol).
+        @param recipients: list of remote addresses (str).
+        @param source: an L{IMessageSource} with the message as it should
+            leave (trace headers already added, LF line ends).
+        @return: Deferred firing with the queue id (str) once the message and
+            its envelope are on disk (fsync'd); fails with L{TemporaryFailure}.
+        """
+
+    def cancel(queue_id):
+        """
+        Take back a message enqueued moments ago, before any attempt (the
+        rest of its SMTP transaction failed). @return: Deferred.
+        """
+
+
 # --- plugins ---------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from mailplat import plugin, tls
 from mailplat.config import TLS_WRAPPED, ConfigError
 from mailplat.delivery.addresses import AddressResolver
 from mailplat.delivery.aliases import AliasesFile
+from mailplat.delivery.fanout import FanOutDelivery
 from mailplat.interfaces import BackendContext
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
@@ -39,6 +40,11 @@ class Backends:
             self.delivery = plugin.build("delivery", config.delivery["local"], config.delivery, context)
         except plugin.PluginError as e:
             raise ConfigError(config.source, None, str(e))
+        # The relay queue (IRelayQueue) when [relay] is configured, else None.
+        # DSNs for local senders go through the local delivery agent.
+        from mailplat.delivery import relay
+
+        self.relay = relay.build(config, local_agent=self.delivery)
 
 
 def make_service(config):
@@ -65,7 +71,7 @@ def make_service(config):
         return SMTPFactory(
             policy,
             config.hostname,
-            backends.delivery,
+            fanout,
             portal,
             config.local_domains,
             limits,
@@ -73,8 +79,14 @@ def make_service(config):
             tls_context=context,
             addresses=backends.resolver,
             restrict_sender=config.restrict_sender,
+            relay_enabled=relay is not None,
             **shared,
         )
+
+    # The SMTP side drives a fan-out: aliases resolved, local mailboxes to
+    # the local agent, remote addresses to the relay queue when there is one.
+    relay = getattr(backends, "relay", None)
+    fanout = FanOutDelivery(backends.delivery, backends.resolver, relay)
 
     makers = {
         "smtp": lambda: smtp("mx"),
@@ -87,6 +99,9 @@ def make_service(config):
     }
     top = service.MultiService()
     top.backends = backends
+    if backends.relay is not None:
+        # Started before the listeners, stopped after them (MultiService order).
+        backends.relay.setServiceParent(top)
     for name, endpoint in config.listen.items():
         if name not in makers:
             log.warn("[listen] {name}: not available in this version; not started", name=name)

@@ -108,6 +108,28 @@ class AddressResolver:
         raise NoSuchUser(address)
 
     @defer.inlineCallbacks
+    def mailbox(self, address):
+        """
+        A final mailbox address (no alias expansion) -> (user, folder):
+        plus tag split off, the user looked up; postmaster@ always exists.
+        Fails with L{NoSuchUser}.
+        """
+        base, tag = self.split_tag(address.lower())
+        user = yield self.realm.lookup(base)
+        if user is not None:
+            return user, tag
+        if base.partition("@")[0] == "postmaster" and self.is_local(base):
+            return base, None
+        raise NoSuchUser(address)
+
+    def tagged(self, target):
+        """A local Target as one address again (`alice+lists@d` for folder lists)."""
+        if not target.folder or not self.delimiter:
+            return target.address
+        local, _, domain = target.address.rpartition("@")
+        return f"{local}{self.delimiter}{target.folder}@{domain}"
+
+    @defer.inlineCallbacks
     def owns(self, user, sender):
         """
         May the authenticated `user` send as `sender`? Yes for their own

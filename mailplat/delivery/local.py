@@ -1,7 +1,8 @@
 """
-Local delivery: each recipient is resolved (aliases, plus tags, users,
-postmaster) to mailboxes in the store; the message goes into each once,
-with a Return-Path header on top (RFC 5321 4.4: added at final delivery).
+Local delivery: each recipient is a final mailbox address (aliases were
+expanded by the fan-out before it): a user, with an optional plus tag naming
+a folder, or postmaster@. The message goes into each mailbox once, with a
+Return-Path header on top (RFC 5321 4.4: added at final delivery).
 
 All or nothing: if any recipient's copy cannot be written, the copies
 already written are taken back and the whole transaction fails with a
@@ -47,19 +48,11 @@ class LocalTransaction:
         self.recipients = []  # (canonical address, folder or None), no duplicates
 
     def add_recipient(self, address):
-        d = self.agent.resolver.resolve(address)
+        d = self.agent.resolver.mailbox(address)
 
-        def found(targets):
-            local = [t for t in targets if not t.remote]
-            remote = [t.address for t in targets if t.remote]
-            if remote:
-                if not local:
-                    raise PermanentFailure("relay to remote addresses is not configured", "5.7.1", 550)
-                log.warn("{address}: remote alias targets {remote} skipped: relay is not configured",
-                         address=address, remote=remote)
-            for t in local:
-                if (t.address, t.folder) not in self.recipients:
-                    self.recipients.append((t.address, t.folder))
+        def found(mailbox):
+            if mailbox not in self.recipients:
+                self.recipients.append(mailbox)
 
         return d.addCallback(found)
 

@@ -24,11 +24,14 @@ class SMTPFactory(smtp.SMTPFactory):
         allow_plaintext_auth=False,
         addresses=None,
         restrict_sender=True,
+        relay_enabled=False,
     ):
         smtp.SMTPFactory.__init__(self, portal)
         # Who may send as whom (AddressResolver.owns); None: anyone.
         self.addresses = addresses
         self.restrict_sender = restrict_sender and addresses is not None
+        # Authenticated clients may send to remote domains (never on MX).
+        self.relay_enabled = relay_enabled and policy != "mx"
         self.policy = policy
         self.hostname = hostname
         self.delivery = delivery

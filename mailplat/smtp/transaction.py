@@ -188,7 +188,7 @@ class SMTPTransactionMixin:
             self.reply(452, "4.5.3", "too many recipients")
             return None
         domain = address.rpartition("@")[2]
-        if not self.factory.is_local_domain(domain):
+        if not self.factory.is_local_domain(domain) and not self.factory.relay_enabled:
             if self.policy == "mx":
                 self.reply(554, "5.7.1", f"relay access denied: {domain} is not handled here")
             else:

@@ -1,0 +1,69 @@
+"""
+Relay delivery: the persistent queue that carries mail for remote
+recipients to other servers (spool, router, outbound SMTP, retries, DSNs).
+See docs/relay.md for the [relay] keys and `mailplat queue`.
+"""
+
+from mailplat.config import ConfigError
+from mailplat.delivery.relay.client import ConnectionPool
+from mailplat.delivery.relay.queue import RelayQueue, RetryPolicy
+from mailplat.delivery.relay.router import Route, Router
+
+__all__ = ["RelayQueue", "build"]
+
+
+def read_credentials(config, path):
+    """`user:password` from the first non-empty, non-comment line of the file."""
+    key = "relay.smarthost_auth_file"
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as e:
+        raise ConfigError(config.source, key, f"cannot read {path}: {e.strerror}")
+    if not lines or ":" not in lines[0]:
+        raise ConfigError(config.source, key, f"{path}: expected one line user:password")
+    user, _, password = lines[0].partition(":")
+    if not user or not password:
+        raise ConfigError(config.source, key, f"{path}: expected one line user:password")
+    return user, password
+
+
+def build(config, local_agent=None):
+    """The RelayQueue for `config` (None when [relay] is absent or off)."""
+    settings = config.relay
+    if settings is None:
+        return None
+    routes = {d: Route(r["host"], r["port"], r["tls"], r["verify"]) for d, r in settings["routes"].items()}
+    smarthost = None
+    if settings["smarthost"]:
+        s = settings["smarthost"]
+        auth = None
+        if settings["smarthost_auth_file"]:
+            auth = read_credentials(config, settings["smarthost_auth_file"])
+        smarthost = Route(s["host"], s["port"], s["tls"], s["verify"], auth)
+    router = Router(settings["dns_servers"], routes, smarthost, settings["mx_port"])
+    pool = ConnectionPool(
+        config.hostname,
+        total=settings["max_connections"],
+        per_destination=settings["connections_per_destination"],
+        timeout=settings["timeout"],
+        connect_timeout=settings["connect_timeout"],
+    )
+    retry = RetryPolicy(
+        first=settings["retry_first"],
+        initial=settings["retry_initial"],
+        maximum=settings["retry_max"],
+        max_age=settings["max_age"],
+        delay_warning=settings["delay_warning"],
+    )
+
+    return RelayQueue(
+        config.state_dir,
+        config.hostname,
+        config.local_domains,
+        router,
+        pool,
+        retry,
+        local_agent=local_agent,
+        on_stop=[router.close],
+    )

@@ -1,0 +1,91 @@
+"""
+`mailplat queue ...` while the server runs, and without it.
+
+The running queue holds an exclusive lock on <state_dir>/queue/lock. When
+the lock is held, a command is a file <state_dir>/queue/control/<id>.cmd
+(JSON: {"action": "flush" | "delete" | "bounce", "id": ...}); the queue
+polls that folder every second, runs the command and answers in <id>.done.
+When no server runs, delete and flush act on the spool directly; bounce
+needs the server (it sends a DSN through the queue).
+"""
+
+import fcntl
+import json
+import os
+import secrets
+import time
+
+from mailplat.delivery.relay.spool import PENDING, Spool
+
+
+class QueueControl:
+    def __init__(self, state_dir):
+        self.spool = Spool(os.path.join(state_dir, "queue"))
+
+    def records(self):
+        return self.spool.list()
+
+    def server_running(self):
+        """True when a server holds the queue lock."""
+        if not os.path.exists(self.spool.lock_path):
+            return False
+        fd = os.open(self.spool.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def command(self, action, queue_id=None, wait=10.0):
+        """
+        Run `action`. @return: (ok, message).
+        """
+        self.spool.ensure()
+        fd = os.open(self.spool.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return self._send(action, queue_id, wait)
+            # No server: act on the spool, holding the lock so none starts meanwhile.
+            return self._offline(action, queue_id)
+        finally:
+            os.close(fd)
+
+    def _send(self, action, queue_id, wait):
+        self.spool.ensure()
+        name = f"{time.time():.6f}-{secrets.token_hex(4)}"
+        path = os.path.join(self.spool.control, name)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"action": action, "id": queue_id}, f)
+        os.rename(path + ".tmp", path + ".cmd")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                with open(path + ".done", encoding="utf-8") as f:
+                    answer = json.load(f)
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.05)
+                continue
+            os.unlink(path + ".done")
+            return answer["ok"], answer["message"]
+        return False, f"the server did not answer within {wait:.0f} s (is the relay queue running?)"
+
+    def _offline(self, action, queue_id):
+        if action == "flush":
+            count = 0
+            for record in self.spool.list():
+                for r in record["recipients"]:
+                    if r["state"] in PENDING:
+                        r["next"] = 0
+                        count += 1
+                self.spool.save(record)
+            return True, f"no server running: {count} recipient(s) will be tried as soon as it starts"
+        if self.spool.read(queue_id or "") is None:
+            return False, f"no such message in the queue: {queue_id}"
+        if action == "delete":
+            self.spool.remove(queue_id)
+            return True, f"{queue_id} deleted"
+        return False, "no server running: bounce needs the server (it sends the DSN through the queue)"

@@ -1,0 +1,231 @@
+"""
+Where mail for a domain goes: a static route, the smarthost, or the
+domain's MX hosts (RFC 5321 5.1), as a list of destinations to try in order.
+"""
+
+import ipaddress
+import random
+import socket
+
+from twisted.internet import defer
+from twisted.names import client, dns, error, hosts, resolve
+from twisted.python.failure import Failure
+
+from mailplat.interfaces import PermanentFailure, TemporaryFailure
+
+TLS_MODES = ("may", "starttls", "implicit", "none")
+
+
+class Route:
+    """A configured next hop: host, port, TLS mode and optional credentials."""
+
+    def __init__(self, host, port, tls="may", verify=False, auth=None):
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.verify = verify
+        self.auth = auth  # (user, password) or None
+
+
+class Destination:
+    """One address to connect to, with how to talk to it."""
+
+    __slots__ = ("name", "address", "port", "tls", "verify", "auth")
+
+    def __init__(self, name, address, port, tls="may", verify=False, auth=None):
+        self.name = name  # the host name (MX, route or smarthost), for TLS and logs
+        self.address = address
+        self.port = port
+        self.tls = tls
+        self.verify = verify
+        self.auth = auth
+
+    @property
+    def key(self):
+        """Connections are shared by messages with the same key."""
+        return (self.address, self.port, self.tls, self.verify, self.auth and self.auth[0])
+
+    def __str__(self):
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        if self.name and self.name != self.address:
+            return f"{self.name}[{self.address}]:{self.port}"
+        return f"{host}:{self.port}"
+
+    __repr__ = __str__
+
+
+def parse_servers(items):
+    """["127.0.0.1:5353", "::1", "[::1]:53"] -> [(host, port)]."""
+    out = []
+    for item in items:
+        host, port = split_hostport(item, 53)
+        out.append((host, port))
+    return out
+
+
+def split_hostport(text, default_port=None):
+    """'host:port', '[v6]:port', 'host' (with a default port) -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: missing ']'")
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+        if port is None:
+            raise ValueError(f"{text!r}: expected host:port")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.count(":") > 1:
+        host, port = text, ""  # a bare IPv6 address
+    else:
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise ValueError(f"{text!r}: expected host:port")
+        port = default_port
+    try:
+        port = int(port)
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a number")
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"{text!r}: expected host:port")
+    return host, port
+
+
+def make_resolver(servers=None):
+    """
+    /etc/hosts, then the given name servers (or resolv.conf). No cache
+    resolver: its expiry timers outlive the lookups.
+    """
+    if servers:
+        upstream = client.Resolver(servers=list(servers))
+    else:
+        upstream = client.Resolver(resolv="/etc/resolv.conf")
+    return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), upstream]), upstream
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _dns_failure(failure, what):
+    """A lookup error as a mail failure: NXDOMAIN is final, the rest temporary."""
+    if failure.check(error.DNSNameError):
+        raise PermanentFailure(f"{what}: no such domain", "5.1.2", 550)
+    if failure.check(error.DomainError):
+        return None  # no resolver knows the name: treated as no records
+    raise TemporaryFailure(f"{what}: DNS lookup failed ({failure.type.__name__})", "4.4.3")
+
+
+class Router:
+    """Turns a recipient domain into destinations, in the order to try them."""
+
+    def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None):
+        self.dns_servers = dns_servers
+        self._resolver = resolver
+        self._upstream = None
+        self.routes = {d.lower().rstrip("."): r for d, r in (routes or {}).items()}
+        self.smarthost = smarthost
+        self.mx_port = mx_port
+
+    @property
+    def resolver(self):
+        """Made on first use: client.Resolver starts timers when built."""
+        if self._resolver is None:
+            self._resolver, self._upstream = make_resolver(self.dns_servers)
+        return self._resolver
+
+    def close(self):
+        # client.Resolver re-reads resolv.conf on a timer; stop it.
+        call = getattr(self._upstream, "_parseCall", None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def port_for(self, mx_host):
+        """The SMTP port of an MX host (25; tests point it elsewhere)."""
+        return self.mx_port
+
+    @defer.inlineCallbacks
+    def route(self, domain):
+        """
+        @return: Deferred firing with a non-empty list of L{Destination};
+            fails with L{PermanentFailure} (null MX, no such domain) or
+            L{TemporaryFailure} (DNS trouble).
+        """
+        domain = domain.lower().rstrip(".")
+        fixed = self.routes.get(domain) or self.smarthost
+        if fixed is not None:
+            addresses = yield self.addresses(fixed.host)
+            if not addresses:
+                raise TemporaryFailure(f"{fixed.host}: no address records", "4.4.3")
+            return [
+                Destination(fixed.host, a, fixed.port, fixed.tls, fixed.verify, fixed.auth) for a in addresses
+            ]
+        mx = yield self.mx_hosts(domain)
+        out, trouble = [], []
+        for host in mx:
+            addresses = yield self.addresses(host, trouble=trouble)
+            out.extend(Destination(host, a, self.port_for(host)) for a in addresses)
+        if not out:
+            if trouble:
+                raise TemporaryFailure(f"{domain}: DNS lookup failed for {', '.join(trouble)}", "4.4.3")
+            if mx == [domain]:
+                # RFC 5321 5.1: neither MX nor address records.
+                raise PermanentFailure(f"{domain}: no MX or address records", "5.1.2", 550)
+            raise TemporaryFailure(f"{domain}: no address for any MX host ({', '.join(mx)})", "4.4.3")
+        return out
+
+    @defer.inlineCallbacks
+    def mx_hosts(self, domain):
+        """
+        MX host names by preference, equal preferences shuffled (RFC 5321
+        5.1); [domain] itself when it has no MX (the implicit MX).
+        """
+        try:
+            answers, _, _ = yield self.resolver.lookupMailExchange(domain)
+        except Exception:
+            answers = _dns_failure(Failure(), domain) or []
+        records = [
+            (a.payload.preference, str(a.payload.name).lower().rstrip("."))
+            for a in answers
+            if a.type == dns.MX
+        ]
+        if not records:
+            return [domain]
+        # RFC 7505 3: an MX of "." says the domain accepts no mail.
+        if any(name == "" for _, name in records):
+            raise PermanentFailure(f"{domain} accepts no mail (null MX, RFC 7505)", "5.1.10", 556)
+        random.shuffle(records)
+        records.sort(key=lambda r: r[0])
+        return list(dict.fromkeys(name for _, name in records))
+
+    @defer.inlineCallbacks
+    def addresses(self, host, trouble=None):
+        """
+        IPv4 then IPv6 addresses of a host ([] when it has none). With a
+        `trouble` list, lookup errors only add the host to it (one MX host
+        failing must not stop the others from being tried).
+        """
+        if _is_ip(host):
+            return [host]
+        out = []
+        for lookup, rtype in ((self.resolver.lookupAddress, dns.A), (self.resolver.lookupIPV6Address, dns.AAAA)):
+            try:
+                answers, _, _ = yield lookup(host)
+            except Exception:
+                failure = Failure()
+                if trouble is None:
+                    _dns_failure(failure, host)
+                elif not failure.check(error.DNSNameError, error.DomainError) and host not in trouble:
+                    trouble.append(host)
+                continue
+            for a in answers:
+                if a.type == rtype == dns.A:
+                    out.append(a.payload.dottedQuad())
+                elif a.type == rtype == dns.AAAA:
+                    out.append(socket.inet_ntop(socket.AF_INET6, a.payload.address))
+        return list(dict.fromkeys(out))

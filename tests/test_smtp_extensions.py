@@ -445,3 +445,83 @@ class Submission(unittest.TestCase):
 
         yield in_thread(send)
         self.assertEqual(len(delivered(server, "bob@example.test")), 1)
+
+
+class Timeouts(unittest.TestCase):
+    """RFC 5321 4.5.3.2: an idle client is told 421 and disconnected."""
+
+    @defer.inlineCallbacks
+    def test_idle_client_gets_421_and_is_disconnected(self):
+        server = yield MailServer(self, extra="[limits]\ncommand_timeout = 1\n").start(users=USERS)
+
+        def talk():
+            c = LineClient(server.port("smtp"), timeout=10)
+            c.smtp_reply()
+            reply = c.smtp_reply()  # nothing sent: the server speaks first
+            closed = c.closed()
+            c.close()
+            return reply, closed
+
+        (code, lines), closed = yield in_thread(talk)
+        self.assertEqual(code, 421)
+        self.assertTrue(lines[0].startswith("4.4.2"))
+        self.assertTrue(closed)
+
+    @defer.inlineCallbacks
+    def test_stalled_data_times_out_and_delivers_nothing(self):
+        server = yield MailServer(self, extra="[limits]\ndata_timeout = 1\n").start(users=USERS)
+
+        def talk():
+            c = LineClient(server.port("smtp"), timeout=10)
+            c.smtp_reply()
+            c.send(b"EHLO x\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+            for _ in range(4):
+                c.smtp_reply()
+            c.send(b"Subject: half\r\n\r\nhalf a messa")
+            reply = c.smtp_reply()
+            c.close()
+            return reply
+
+        code, _ = yield in_thread(talk)
+        self.assertEqual(code, 421)
+        self.assertEqual(delivered(server, "alice@example.test"), [])
+
+
+class Junk(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_binary_junk_gets_500_and_the_session_survives(self):
+        server = yield MailServer(self).start(users=USERS)
+
+        def talk():
+            c = LineClient(server.port("smtp"))
+            c.smtp_reply()
+            c.send(b"\x00\xff\xfe\x80junk\r\n\x16\x03\x01\x02\r\n")
+            replies = [c.smtp_reply()[0] for _ in range(2)]
+            c.send(b"EHLO x\r\n")
+            replies.append(c.smtp_reply()[0])
+            c.close()
+            return replies
+
+        replies = yield in_thread(talk)
+        self.assertEqual(replies, [500, 500, 250])
+
+    @defer.inlineCallbacks
+    def test_a_client_that_keeps_sending_junk_is_cut_off(self):
+        server = yield MailServer(self).start(users=USERS)
+
+        def talk():
+            c = LineClient(server.port("smtp"))
+            c.smtp_reply()
+            c.send(b"JUNK\r\n" * 25)
+            codes = []
+            try:
+                while True:
+                    codes.append(c.smtp_reply()[0])
+            except (EOFError, OSError):
+                pass
+            c.close()
+            return codes
+
+        codes = yield in_thread(talk)
+        self.assertEqual(codes[-1], 421)
+        self.assertLess(len(codes), 25)

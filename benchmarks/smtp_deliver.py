@@ -47,6 +47,7 @@ path = "{state}/mail/%d/%n"
 
 [delivery]
 local = "maildir"
+{aliases}
 """
 
 
@@ -146,6 +147,8 @@ def main():
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--mode", choices=("connect", "reuse", "pipelined"), default="connect")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--aliases", type=int, default=0, metavar="N",
+                    help="an aliases file of N entries (the recipients are looked up in it)")
     ap.add_argument("--profile", metavar="FILE", help="run the server under cProfile, stats to FILE")
     args = ap.parse_args()
 
@@ -157,8 +160,15 @@ def main():
             f.write(f"user{n}@example.test:{{PLAIN}}not-used-here\n")
     port = free_port()
     config = os.path.join(workdir, "mailplat.toml")
+    aliases = ""
+    if args.aliases:
+        path = os.path.join(workdir, "aliases")
+        with open(path, "w") as f:
+            for n in range(args.aliases):
+                f.write(f"list{n}@example.test: user{n % 10}@example.test\n")
+        aliases = f'[aliases]\npath = "{path}"'
     with open(config, "w") as f:
-        f.write(CONFIG.format(state=state, port=port))
+        f.write(CONFIG.format(state=state, port=port, aliases=aliases))
     server = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
          "--logfile", os.path.join(workdir, "server.log")]
@@ -195,7 +205,7 @@ def main():
         delivered = count_delivered(state)
         latencies.sort()
         megabytes = sum(sizes) / 1e6
-        print(f"mode                {args.mode}")
+        print(f"mode                {args.mode}" + (f", {args.aliases} aliases" if args.aliases else ""))
         print(f"messages            {args.messages} ({megabytes:.1f} MB) over {args.connections} connections")
         print(f"delivered on disk   {delivered}")
         print(f"throughput          {delivered / elapsed:.0f} msgs/s ({megabytes / elapsed:.1f} MB/s)")

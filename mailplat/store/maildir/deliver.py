@@ -94,6 +94,8 @@ def write_message(path, source, flags="", cur=False, mtime=None):
 def _temporary(error, path):
     reason = errno.errorcode.get(error.errno, "error")
     text = f"cannot write to mailbox ({reason}: {error.strerror})"
-    failure = TemporaryFailure(text, "4.2.2" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "4.3.0")
+    # A user over quota is "mailbox full" (RFC 3463 4.2.2); anything else,
+    # a full disk included, is the mail system's trouble: 4.3.0, retry later.
+    failure = TemporaryFailure(text, "4.2.2" if error.errno == errno.EDQUOT else "4.3.0")
     failure.path = path
     return failure

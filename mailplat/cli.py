@@ -5,6 +5,9 @@
     mailplat [--config FILE] user add|passwd|del ADDRESS
     mailplat [--config FILE] user list
     mailplat [--config FILE] plugins
+    mailplat [--config FILE] sql-schema [--dialect sqlite|postgresql]
+    mailplat [--config FILE] queue list|flush
+    mailplat [--config FILE] queue delete|bounce ID
 
 Passwords come from a prompt, or from standard input when it is not a
 terminal (one line), and are stored hashed with ARGON2ID.
@@ -39,11 +42,24 @@ def _realm(config):
 
 
 def _result(deferred):
-    """The value of an already-fired Deferred (file-based backends answer at once)."""
+    """
+    The value of a Deferred: at once when it has fired (file backends), else
+    after running the reactor until it does (database backends). The
+    reactor runs at most once per process, so a command does all its
+    asynchronous work in one Deferred (see cmd_user).
+    """
+    from twisted.internet import defer
+
+    deferred = defer.maybeDeferred(lambda: deferred)
     box = []
     deferred.addBoth(box.append)
     if not box:
-        raise SystemExit("mailplat: the realm backend did not answer synchronously")
+        from twisted.internet import reactor
+
+        deferred.addBoth(lambda _: reactor.stop())
+        reactor.run(installSignalHandlers=False)
+    if not box:
+        raise SystemExit("mailplat: the realm backend did not answer")
     if hasattr(box[0], "raiseException"):
         box[0].raiseException()
     return box[0]
@@ -57,6 +73,8 @@ def cmd_check_config(config, args):
     problems = getattr(backends.realm, "problems", lambda: [])()
     for problem in problems:
         print(f"warning: {problem}")
+    for problem in getattr(backends, "plugin_problems", []):
+        print(f"warning: {problem} (not selected; the server starts without it)")
     import os
 
     if os.path.exists(config.tls_certificate) or not config.tls_create:
@@ -65,6 +83,8 @@ def cmd_check_config(config, args):
     print(f"{config.source}: OK")
     for name, endpoint in config.listen.items():
         print(f"  {name:<11} {endpoint}")
+    for enabled in getattr(backends, "checks", []):
+        print(f"  check       {enabled.name}")
     return 0
 
 
@@ -80,8 +100,6 @@ def _check_endpoints(config):
 
 
 def cmd_user(config, args):
-    from mailplat.realm import passwords
-
     realm = _realm(config)
     if args.action == "list":
         for address in _result(realm.list_users()):
@@ -98,29 +116,114 @@ def cmd_user(config, args):
             f"mailplat: {domain} is not a local domain; add it to [domains] local in {config.source}"
         )
     try:
-        if args.action == "add":
-            realm.add_user(address, passwords.hash_password(_read_password()))
-            print(f"added {address}")
-        elif args.action == "passwd":
-            if _result(realm.lookup(address)) is None:
-                raise SystemExit(f"mailplat: no such user: {address}")
-            realm.set_password(address, passwords.hash_password(_read_password()))
-            print(f"password changed for {address}")
-        elif args.action == "del":
-            realm.delete_user(address)
-            print(f"deleted {address} (their mail is left in place)")
-    except MailplatError as e:
+        _result(_user_action(realm, args.action, address))
+    except (MailplatError, _Refused) as e:
         raise SystemExit(f"mailplat: {e}")
     return 0
+
+
+class _Refused(Exception):
+    """A user command that cannot be done; the message says why."""
+
+
+def _user_action(realm, action, address):
+    """
+    add / passwd / del as one Deferred, so a database realm needs a single
+    reactor run (see L{_result}) and a file realm none.
+    """
+    from twisted.internet import defer
+
+    from mailplat.realm import passwords
+
+    @defer.inlineCallbacks
+    def run():
+        if action == "passwd":
+            user = yield realm.lookup(address)
+            if user is None:
+                raise _Refused(f"no such user: {address}")
+        if action == "add":
+            yield realm.add_user(address, passwords.hash_password(_read_password()))
+            print(f"added {address}")
+        elif action == "passwd":
+            yield realm.set_password(address, passwords.hash_password(_read_password()))
+            print(f"password changed for {address}")
+        elif action == "del":
+            yield realm.delete_user(address)
+            print(f"deleted {address} (their mail is left in place)")
+
+    return run()
 
 
 def cmd_plugins(config, args):
     from mailplat import plugin
 
+    found, problems = plugin.scan()
     for kind in plugin.KINDS:
-        for name, p in sorted(plugin.available(kind).items()):
-            print(f"{kind:<9} {name:<14} {getattr(p, 'module', '?'):<28} {p.description}")
+        factory_iface = plugin.KINDS[kind][0]
+        for p in sorted((p for p in found if factory_iface.providedBy(p)), key=lambda p: p.name):
+            print(f"{kind:<9} {p.name:<14} {getattr(p, 'module', '?'):<28} {p.description}")
+    for problem in problems:
+        print(f"{'BROKEN':<9} {problem.name or '-':<14} {problem.module:<28} {problem.reason}")
     return 0
+
+
+def cmd_sql_schema(config, args):
+    """Print the DDL of the sql realm, for an operator who creates tables by hand."""
+    from mailplat.realm import sql
+
+    dialect = args.dialect
+    if dialect is None:
+        dsn = config.realm.get("dsn") if config.realm.get("backend") == "sql" else None
+        dialect = "postgresql" if dsn else "sqlite"
+    print(sql.schema(dialect), end="")
+    return 0
+
+
+def _age(seconds):
+    """12s, 4m10s, 5h12m, 2d3h."""
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def cmd_queue(config, args):
+    """The relay queue: list it, or ask the running server to act (see docs/relay.md)."""
+    import time
+
+    from mailplat.delivery.relay.control import QueueControl
+
+    control = QueueControl(config.state_dir)
+    if args.action == "list":
+        records = control.records()
+        now = time.time()
+        for record in records:
+            sender = record["sender"] or "<>"
+            kind = " (DSN)" if record.get("dsn") else ""
+            print(f"{record['id']}  {_age(now - record['created']):>5}  {record['size']:>9}  {sender}{kind}")
+            for r in record["recipients"]:
+                line = f"    {r['address']}  {r['state']}"
+                if r["attempts"]:
+                    line += f"  attempts={r['attempts']}"
+                if r["state"] in ("queued", "deferred") and r["next"] > now:
+                    line += f"  next in {_age(r['next'] - now)}"
+                if r["error"]:
+                    line += f"  last error: {r['error']}"
+                print(line)
+        print(f"{len(records)} message(s) in the queue" + (" (server running)" if control.server_running() else ""))
+        return 0
+    if args.action in ("delete", "bounce") and not args.id:
+        raise SystemExit(f"mailplat: queue {args.action} needs a queue ID (see `mailplat queue list`)")
+    ok, message = control.command(args.action, getattr(args, "id", None))
+    print(message if ok else f"mailplat: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def parser():
@@ -133,7 +236,15 @@ def parser():
     for action, text in (("add", "add a user"), ("passwd", "change a password"), ("del", "remove a user")):
         actions.add_parser(action, help=text).add_argument("address")
     actions.add_parser("list", help="list users")
-    sub.add_parser("plugins", help="list the backend plugins found")
+    sub.add_parser("plugins", help="list the backend plugins found, and the broken ones")
+    schema = sub.add_parser("sql-schema", help="print the SQL tables of the sql realm")
+    schema.add_argument("--dialect", choices=("sqlite", "postgresql"), help="default: from [realm]")
+    queue = sub.add_parser("queue", help="the relay queue: list, flush, delete, bounce")
+    qactions = queue.add_subparsers(dest="action", required=True)
+    qactions.add_parser("list", help="list queued messages and their recipients")
+    qactions.add_parser("flush", help="retry every waiting recipient now")
+    qactions.add_parser("delete", help="remove a message without a DSN").add_argument("id")
+    qactions.add_parser("bounce", help="give up on a message and send a DSN").add_argument("id")
     return p
 
 
@@ -141,7 +252,10 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         config = configuration.load(args.config)
-        handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins}[args.command]
+        handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins, "queue": cmd_queue,
+                   "sql-schema": cmd_sql_schema}[
+            args.command
+        ]
         return handler(config, args)
     except configuration.ConfigError as e:
         print(f"mailplat: configuration error: {e}", file=sys.stderr)

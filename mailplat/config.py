@@ -66,6 +66,28 @@ LIMIT_KEYS = {
 }
 
 
+# key -> (type, default); the [relay] table's plain keys (times in seconds).
+RELAY_KEYS = {
+    "enabled": (bool, True),
+    "smarthost": (str, None),
+    "smarthost_tls": (str, "starttls"),
+    "smarthost_tls_verify": (bool, True),
+    "smarthost_auth_file": (str, None),
+    "dns_servers": (list, []),
+    "mx_port": (int, 25),
+    "retry_first": (int, 60),
+    "retry_initial": (int, 300),
+    "retry_max": (int, 4 * 3600),
+    "max_age": (int, 5 * 86400),
+    "delay_warning": (int, 0),
+    "max_connections": (int, 50),
+    "connections_per_destination": (int, 10),
+    "timeout": (int, 300),
+    "connect_timeout": (int, 30),
+}
+RELAY_TLS = ("may", "starttls", "implicit", "none")
+
+
 class ConfigError(Exception):
     """A configuration problem, said so that an operator can fix it."""
 
@@ -98,6 +120,9 @@ class Config:
     recipient_delimiter: str
     restrict_sender: bool
     limits: dict
+    # The [relay] table, checked (see RELAY_KEYS); None when there is no
+    # [relay] table or it says enabled = false: no relay queue runs.
+    relay: dict | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     def is_local_domain(self, domain):
@@ -250,6 +275,8 @@ def _build(data, source, cwd):
             raise ConfigError(source, f"limits.{name}", f"must be positive, not {value}")
         limits[name] = value
 
+    relay = _relay(source, data, cwd)
+
     return Config(
         source=source,
         hostname=hostname,
@@ -267,5 +294,79 @@ def _build(data, source, cwd):
         recipient_delimiter=delimiter,
         restrict_sender=restrict_sender,
         limits=limits,
+        relay=relay,
         raw=data,
     )
+
+
+def _hostport(source, key, text, default_port=None):
+    from mailplat.delivery.relay.router import split_hostport
+
+    try:
+        return split_hostport(text, default_port)
+    except ValueError as e:
+        raise ConfigError(source, key, str(e))
+
+
+def _relay(source, data, cwd):
+    """The [relay] table, checked; None when relaying is off."""
+    if "relay" not in data:
+        return None
+    table = _table(source, data, "relay")
+    for name in table:
+        if name not in RELAY_KEYS and name != "routes":
+            raise ConfigError(source, f"relay.{name}", f"unknown key; known: routes, {', '.join(RELAY_KEYS)}")
+    relay = {}
+    for name, (typ, default) in RELAY_KEYS.items():
+        relay[name] = _expect(source, table, name, "relay", typ, default=default)
+    if not relay["enabled"]:
+        return None
+    for name in ("retry_first", "retry_initial", "retry_max", "max_age", "max_connections",
+                 "connections_per_destination", "timeout", "connect_timeout"):
+        if relay[name] <= 0:
+            raise ConfigError(source, f"relay.{name}", f"must be positive, not {relay[name]}")
+    if relay["delay_warning"] < 0:
+        raise ConfigError(source, "relay.delay_warning", "must be 0 (off) or a number of seconds")
+    if not 0 < relay["mx_port"] < 65536:
+        raise ConfigError(source, "relay.mx_port", f"not a port: {relay['mx_port']}")
+    if relay["retry_max"] < relay["retry_initial"]:
+        raise ConfigError(source, "relay.retry_max", "must not be less than relay.retry_initial")
+    if relay["smarthost_tls"] not in RELAY_TLS:
+        raise ConfigError(source, "relay.smarthost_tls", f"must be one of {', '.join(RELAY_TLS)}, not {relay['smarthost_tls']!r}")
+    servers = []
+    for item in relay["dns_servers"]:
+        if not isinstance(item, str):
+            raise ConfigError(source, "relay.dns_servers", f"must be a list of \"address:port\" strings, not {item!r}")
+        servers.append(_hostport(source, "relay.dns_servers", item, 53))
+    relay["dns_servers"] = servers
+    if relay["smarthost"] is not None:
+        host, port = _hostport(source, "relay.smarthost", relay["smarthost"])
+        relay["smarthost"] = {"host": host, "port": port, "tls": relay["smarthost_tls"], "verify": relay["smarthost_tls_verify"]}
+    if relay["smarthost_auth_file"] is not None:
+        if relay["smarthost"] is None:
+            raise ConfigError(source, "relay.smarthost_auth_file", "needs relay.smarthost")
+        relay["smarthost_auth_file"] = _absolute(relay["smarthost_auth_file"], cwd)
+    routes_table = table.get("routes", {})
+    if not isinstance(routes_table, dict):
+        raise ConfigError(source, "relay.routes", 'must be a table: { "domain" = "host:port" }')
+    routes = {}
+    for domain, value in routes_table.items():
+        key = f"relay.routes.{domain}"
+        if not domain or "@" in domain:
+            raise ConfigError(source, key, "not a domain name")
+        if isinstance(value, str):
+            value = {"host": value}
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, 'must be "host:port" or { host = "host:port", tls = "may" }')
+        for k in value:
+            if k not in ("host", "tls", "tls_verify"):
+                raise ConfigError(source, f"{key}.{k}", "unknown key; known: host, tls, tls_verify")
+        hostport = _expect(source, value, "host", key, str, required=True)
+        host, port = _hostport(source, f"{key}.host", hostport, 25)
+        tls = _expect(source, value, "tls", key, str, default="may")
+        if tls not in RELAY_TLS:
+            raise ConfigError(source, f"{key}.tls", f"must be one of {', '.join(RELAY_TLS)}, not {tls!r}")
+        verify = _expect(source, value, "tls_verify", key, bool, default=False)
+        routes[domain.lower().rstrip(".")] = {"host": host, "port": port, "tls": tls, "verify": verify}
+    relay["routes"] = routes
+    return relay

@@ -1,14 +1,32 @@
 """
-The contract between mailplat's protocols and its backends.
+The contract between mailplat's protocols and its backends: the public API
+for plugin authors (see docs/plugins.md).
 
-This module is what a plugin author codes against. It imports nothing from
-the server: only zope.interface. Every method that may touch a disk, a
-database or the network returns a Deferred (or a plain value, which callers
-wrap with maybeDeferred); none may block the reactor for long.
+This module imports nothing from the server and does not install a reactor:
+only zope.interface. It is safe to import from a plugin module, a test, or
+a tool that never starts a server.
 
-Errors are split the way SMTP splits them: a L{TemporaryFailure} means
-"try again later" (4xx, the message stays with the sender or the queue), a
-L{PermanentFailure} means "this will never work" (5xx, a bounce).
+Rules every backend follows:
+
+  - B{Never block the reactor.} Every method that may touch a disk, a
+    database or the network returns a Deferred (a plain value is allowed
+    too: callers wrap each call with C{maybeDeferred}). Slow work goes to a
+    thread pool (C{deferToThread}, C{adbapi}) or is asynchronous I/O.
+  - B{Errors are split the way SMTP splits them.} Fail with
+    L{TemporaryFailure} for "try again later" (database down, disk full,
+    a timeout: 4xx, the message stays with the sender or the queue) and
+    L{PermanentFailure} for "this will never work" (no such user: 5xx, a
+    bounce). Any other exception is treated as temporary and logged.
+    When unsure, fail temporarily: a retry costs little, a wrong bounce
+    cannot be taken back.
+  - B{Threads.} Methods are called from the reactor thread only, but many
+    calls may be outstanding at once (one per session); Deferreds must fire
+    in the reactor thread (C{deferToThread} and C{adbapi} do that for you).
+    Objects are shared by every session of the process: keep per-session
+    state out of them.
+
+Additions to this module are additive only: existing methods keep their
+meaning, so plugins written against an older version keep working.
 """
 
 from zope.interface import Attribute, Interface
@@ -58,6 +76,17 @@ class IRealmBackend(Interface):
     """
     Who the users are. One address is one user; the address is their login
     name and their mailbox name.
+
+    Used by every protocol: SMTP AUTH, IMAP and POP3 logins call
+    L{check_password}; SMTP RCPT resolution calls L{lookup}. Both are on the
+    hot path, so answer from memory, an index or a connection pool, and do
+    slow password hashing off the reactor thread
+    (C{mailplat.realm.passwords.verify_later}). Stored hashes use Dovecot's
+    C{{SCHEME}hash} notation (C{mailplat.realm.passwords}: ARGON2ID,
+    BLF-CRYPT, PLAIN). A backend that can't be reached (database down, file
+    unreadable) fails with L{TemporaryFailure}: logins answer "try again",
+    RCPT answers 451, and nobody is told "no such user" by mistake.
+    Checked by C{mailplat.testing.RealmConformance}.
     """
 
     def lookup(address):
@@ -81,16 +110,41 @@ class IRealmBackend(Interface):
 
 
 class IRealmAdmin(Interface):
-    """Optional: a realm whose users can be managed by `mailplat user`."""
+    """
+    Optional: a realm whose users can be managed by `mailplat user`.
+
+    Each method may return a plain value or raise (file backends), or return
+    a Deferred (database backends); the CLI waits for either. Addresses are
+    given lower-cased.
+    """
 
     def add_user(address, password_hash):
-        """Add a user with an already hashed password (`{SCHEME}hash`)."""
+        """Add a user with an already hashed password (`{SCHEME}hash`).
+        Fails with L{PermanentFailure} if the user exists."""
 
     def set_password(address, password_hash):
         """Replace a user's password hash. Fails with NoSuchUser."""
 
     def delete_user(address):
         """Remove a user. Fails with NoSuchUser."""
+
+
+class IAliasSource(Interface):
+    """
+    Optional: where aliases come from, when not from the aliases file
+    (C{mailplat.delivery.aliases.AliasesFile} has the same method). A realm
+    backend that also keeps aliases (the C{sql} realm) provides it, and the
+    address resolver can ask it instead of, or besides, the file.
+    """
+
+    def targets(address):
+        """
+        @param address: a lower-cased address.
+        @return: the list of targets (lower-cased addresses) of the alias, or
+            None when the address is no alias; or a Deferred firing with
+            one of those (a database). Fails with L{TemporaryFailure} when
+            the source can't answer (RCPT then gets 451, never 550).
+        """
 
 
 class IMailUser(Interface):
@@ -354,6 +408,7 @@ class Envelope:
         protocol="ESMTP",
         authenticated_as=None,
         received_by="",
+        folder=None,
     ):
         self.sender = sender  # str, "" for the null sender <>
         self.helo = helo
@@ -362,6 +417,10 @@ class Envelope:
         self.protocol = protocol  # RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA
         self.authenticated_as = authenticated_as
         self.received_by = received_by  # our hostname
+        # A folder every local copy should go to instead of INBOX, set by a
+        # check's Verdict.folder() before deliver() (e.g. "Junk"); None for
+        # the usual place. A store with no such folder uses INBOX.
+        self.folder = folder
 
     def __repr__(self):
         return f"<Envelope from={self.sender!r} via={self.protocol}>"
@@ -371,6 +430,15 @@ class IDeliveryAgent(Interface):
     """
     What happens to an accepted message. A delivery is a transaction that
     maps one to one onto MAIL / RCPT / DATA / end-of-data.
+
+    The local agent (C{[delivery] local}) is driven by the fan-out, which
+    has already expanded aliases: each address given to
+    L{IDeliveryTransaction.add_recipient} is a final mailbox (a user of the
+    realm, maybe with a plus tag naming a folder, or postmaster@). The
+    server answers 250 to the client only after L{IDeliveryTransaction.deliver}
+    fired: what it promises must be durable by then. One agent serves every
+    SMTP session at once; keep per-message state in the transaction.
+    Checked by C{mailplat.testing.DeliveryConformance}.
     """
 
     def start(envelope):
@@ -404,7 +472,12 @@ class IDeliveryTransaction(Interface):
         @return: Deferred firing when every accepted recipient's copy is on
             disk (or safely queued); only then may the server answer 250.
             Fails with L{TemporaryFailure} / L{PermanentFailure}; on failure
-            nothing of this transaction is left delivered.
+            nothing of this transaction is left delivered (an agent that
+            hands mail to another server and cannot take a copy back, as
+            LMTP, fails temporarily and says so in its docs: a duplicate on
+            the client's retry, never a loss).
+            A local agent files every copy into C{envelope.folder} when a
+            check set one (a store without that folder uses INBOX).
         """
 
     def abort():
@@ -485,3 +558,135 @@ class BackendContext:
     @property
     def state_dir(self):
         return self.config.state_dir
+
+
+# --- checks (SMTP stage filters) ---------------------------------------------
+
+
+class CheckSession:
+    """
+    What a check may know about the SMTP session it judges: plain data the
+    server fills in as the session goes on. C{state} is a dict a check may
+    use to remember things between stages of one session (key it by the
+    check's name).
+    """
+
+    def __init__(self, client_address="", client_name="", policy="mx", secure=False):
+        self.client_address = client_address
+        self.client_name = client_name  # reverse DNS name, "" when unknown
+        self.policy = policy  # "mx", "submission" or "smtps"
+        self.secure = secure  # TLS in use
+        self.helo = None  # str once HELO/EHLO was given
+        self.authenticated_as = None  # the SMTP AUTH user's address
+        self.sender = None  # str ("" for <>) once MAIL was accepted
+        self.size_hint = None  # MAIL FROM's SIZE= value, when given
+        self.recipients = []  # accepted RCPT addresses, in order
+        self.state = {}
+
+    def __repr__(self):
+        return f"<CheckSession {self.client_address} helo={self.helo!r} from={self.sender!r}>"
+
+
+class Verdict:
+    """
+    A check's answer. Build one with the class methods; a check that has
+    no opinion returns None (or L{Verdict.next}) and the next check runs.
+
+      - C{accept()}: the stage passes; later checks of this stage are skipped.
+      - C{reject(text, code=550, enhanced="5.7.1")}: 5xx for this command.
+      - C{tempfail(text, code=451, enhanced="4.7.1")}: 4xx for this command.
+      - C{folder(name)}: accept, but file every local copy into folder
+        C{name} (e.g. "Junk"); later checks still run and may reject.
+    """
+
+    NEXT, ACCEPT, REJECT, TEMPFAIL, FOLDER = "next", "accept", "reject", "tempfail", "folder"
+
+    __slots__ = ("action", "code", "enhanced", "text", "folder_name", "check")
+
+    def __init__(self, action, code=250, enhanced="2.0.0", text="OK", folder_name=None, check=None):
+        self.action = action
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+        self.folder_name = folder_name
+        self.check = check  # the name of the check that decided, set by the runner
+
+    @classmethod
+    def next(cls):
+        return cls(cls.NEXT)
+
+    @classmethod
+    def accept(cls, text="OK"):
+        return cls(cls.ACCEPT, text=text)
+
+    @classmethod
+    def reject(cls, text, code=550, enhanced="5.7.1"):
+        if not 500 <= code <= 599:
+            raise ValueError(f"a reject needs a 5xx code, not {code}")
+        return cls(cls.REJECT, code, enhanced, text)
+
+    @classmethod
+    def tempfail(cls, text, code=451, enhanced="4.7.1"):
+        if not 400 <= code <= 499:
+            raise ValueError(f"a tempfail needs a 4xx code, not {code}")
+        return cls(cls.TEMPFAIL, code, enhanced, text)
+
+    @classmethod
+    def folder(cls, name, text="OK"):
+        return cls(cls.FOLDER, text=text, folder_name=name)
+
+    @property
+    def refused(self):
+        """True for reject and tempfail: the command gets this verdict's reply."""
+        return self.action in (self.REJECT, self.TEMPFAIL)
+
+    def __repr__(self):
+        extra = f" {self.code} {self.text!r}" if self.refused else (f" {self.folder_name}" if self.folder_name else "")
+        return f"<Verdict {self.action}{extra}>"
+
+
+class ICheck(Interface):
+    """
+    A filter on the SMTP stages (a DNSBL, a spam score, a size rule). The
+    server calls one method per stage, for each enabled check in the order
+    of C{[checks] enabled}, through C{mailplat.checks.run_stage}.
+
+    Each method returns a L{Verdict}, None (no opinion), or a Deferred of
+    either; it must not block (DNS lookups through C{twisted.names}, a
+    scanner through a client endpoint). Raising or failing counts as
+    "tempfail" (451) unless the check's section says
+    C{on_error = "continue"}; so does taking longer than its C{timeout}.
+    A L{PermanentFailure} / L{TemporaryFailure} raised by a check becomes
+    a reject / tempfail with its code and text.
+
+    Subclass C{mailplat.checks.Check}: it answers None for every stage, so
+    a check only writes the stages it cares about.
+    """
+
+    name = Attribute("The check's name as the config enables it (str).")
+
+    def connect(session):
+        """A client connected (before the 220 greeting).
+        @param session: the L{CheckSession}."""
+
+    def helo(session, hostname):
+        """HELO/EHLO with its argument (str)."""
+
+    def mail(session, sender):
+        """MAIL FROM with the sender (str, "" for <>)."""
+
+    def rcpt(session, recipient):
+        """RCPT TO with one recipient (str); a reject refuses that one only."""
+
+    def data(session, envelope, source):
+        """
+        End of data, before delivery.
+
+        @param envelope: the L{Envelope} (sender, client, protocol).
+        @param source: an L{IMessageSource}: the message as received (LF
+            line ends), with the server's trace header on top.
+        """
+
+
+class ICheckFactory(IBackendFactory):
+    """A plugin making an L{ICheck} from its C{[checks.<name>]} section."""

@@ -6,6 +6,7 @@ and one listener per [listen] key, TLS-wrapped for smtps, imaps and pop3s.
 import os
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -40,11 +41,44 @@ class Backends:
             self.delivery = plugin.build("delivery", config.delivery["local"], config.delivery, context)
         except plugin.PluginError as e:
             raise ConfigError(config.source, None, str(e))
+        # The SMTP-stage filters of [checks] enabled, in order (a list of
+        # mailplat.checks.EnabledCheck; empty when none are enabled).
+        from mailplat import checks
+
+        self.checks = checks.load(config, context)
+        # Broken plugin modules nobody selected: reported, not fatal.
+        self.plugin_problems = plugin.problems()
+        for problem in self.plugin_problems:
+            log.error("plugin not loaded: {problem}", problem=str(problem))
         # The relay queue (IRelayQueue) when [relay] is configured, else None.
         # DSNs for local senders go through the local delivery agent.
         from mailplat.delivery import relay
 
         self.relay = relay.build(config, local_agent=self.delivery)
+
+
+class ServerService(service.MultiService):
+    """
+    The listeners (its children, one per [listen] key) and the backends
+    that run on their own (the relay queue): those start before the
+    listeners and stop after them, so no accepted message finds them gone.
+    They are not children, so iterating the service yields listeners only.
+    """
+
+    def __init__(self, backends):
+        service.MultiService.__init__(self)
+        self.backends = backends
+        self.runners = [s for s in (backends.relay,) if s is not None]
+
+    def startService(self):
+        for runner in self.runners:
+            runner.startService()
+        service.MultiService.startService(self)
+
+    def stopService(self):
+        d = defer.maybeDeferred(service.MultiService.stopService, self)
+        d.addBoth(lambda _: defer.DeferredList([defer.maybeDeferred(r.stopService) for r in self.runners]))
+        return d
 
 
 def make_service(config):
@@ -97,11 +131,7 @@ def make_service(config):
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }
-    top = service.MultiService()
-    top.backends = backends
-    if backends.relay is not None:
-        # Started before the listeners, stopped after them (MultiService order).
-        backends.relay.setServiceParent(top)
+    top = ServerService(backends)
     for name, endpoint in config.listen.items():
         if name not in makers:
             log.warn("[listen] {name}: not available in this version; not started", name=name)

@@ -10,9 +10,11 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 
-from twisted.internet import defer, reactor, tcp, threads
+from twisted.internet import defer, reactor, tcp
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from mailplat import config as configuration
 from mailplat.realm import passwords
@@ -36,11 +38,11 @@ backend = "passwd-file"
 path = "{state}/users"
 
 [store]
-backend = "maildir"
+backend = "{store}"
 path = "{state}/mail/%d/%n"
 
 [delivery]
-local = "maildir"
+local = "{store}"
 {extra}
 """
 
@@ -54,8 +56,26 @@ def client_tls():
 
 
 def in_thread(f, *args, **kwargs):
-    """Run a blocking client function off the reactor thread."""
-    return threads.deferToThread(f, *args, **kwargs)
+    """
+    Run a blocking client function off the reactor thread.
+
+    Each call gets its own (daemon) thread rather than one from the
+    reactor's pool: the server runs its own blocking work (maildir writes,
+    password hashing) in that pool, and twenty clients waiting on the server
+    from inside it would leave the server no thread to answer them with.
+    """
+    d = defer.Deferred()
+
+    def run():
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            reactor.callFromThread(d.errback, Failure())
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=run, name=f"test client {getattr(f, '__name__', f)}", daemon=True).start()
+    return d
 
 
 def _peek(deferred):
@@ -77,9 +97,13 @@ class MailServer:
         server = MailServer(self)             # self: the TestCase
         yield server.start(users={"alice@example.test": "pw"})
         server.port("smtp")
+
+    The store (and its local delivery) is `store`, else the test case's
+    `store` attribute, else "maildir": a test class runs on mbox by
+    setting `store = "mbox"` in a subclass (see tests/test_mbox_*.py).
     """
 
-    def __init__(self, testcase, listeners=None, extra="", scheme="PLAIN"):
+    def __init__(self, testcase, listeners=None, extra="", scheme="PLAIN", store=None):
         self.testcase = testcase
         self.dir = tempfile.mkdtemp(prefix="mailplat-test-")
         # Cleanups run last-in first-out: the server (added in start) stops
@@ -89,13 +113,15 @@ class MailServer:
         self.listeners = listeners or ("smtp", "submission", "smtps", "pop3", "pop3s")
         self.extra = extra
         self.scheme = scheme
+        chosen = getattr(testcase, "store", None)
+        self.store = store or (chosen if isinstance(chosen, str) else None) or "maildir"
         self.service = None
         self.ports = {}
         self.config_path = os.path.join(self.dir, "mailplat.toml")
 
     def config_text(self):
         listen = "\n".join(f'{name} = "tcp:port=0:interface=127.0.0.1"' for name in self.listeners)
-        return BASE_CONFIG.format(state=self.state, listen=listen, extra=self.extra)
+        return BASE_CONFIG.format(state=self.state, listen=listen, extra=self.extra, store=self.store)
 
     def add_user(self, address, password):
         os.makedirs(self.state, exist_ok=True)
@@ -103,8 +129,13 @@ class MailServer:
             f.write(f"{address}:{passwords.hash_password(password, self.scheme)}\n")
 
     def maildir(self, address):
+        """The user's mail directory (a maildir, or the folder of mbox files)."""
         local, domain = address.split("@")
         return os.path.join(self.state, "mail", domain, local)
+
+    def mbox(self, address, folder="INBOX"):
+        """The mbox file of a user's folder (mbox store)."""
+        return os.path.join(self.maildir(address), *folder.split("/"))
 
     @defer.inlineCallbacks
     def start(self, users=None):
@@ -178,11 +209,12 @@ class LineClient:
     def send(self, data):
         self.sock.sendall(data)
 
-    def starttls(self):
+    def starttls(self, context=None, server_hostname=None):
         """Begin TLS on the connection. Bytes already read and not consumed are an error."""
         if self.buffer:
             raise AssertionError(f"server sent bytes before the TLS handshake: {self.buffer!r}")
-        self.sock = client_tls().wrap_socket(self.sock)
+        context = context or client_tls()
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
 
     def line(self):
         """One line without its CRLF; b"" (never blocks again) when the server closed."""

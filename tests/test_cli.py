@@ -6,6 +6,8 @@ terminal), and its effect on a running server.
 
 import os
 import poplib
+import pty
+import select
 import shutil
 import subprocess
 import sys
@@ -123,6 +125,57 @@ class UserCommands(CLITestCase):
         self.assertTrue(passwords.verify(stored, "correct horse "))
         self.assertFalse(passwords.verify(stored, "correct horse"))
 
+    def on_terminal(self, args, answers):
+        """Run the command on a pseudo-terminal, answering each prompt in turn; (status, output)."""
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: become the command, and never return into the tests
+            try:
+                os.chdir(self.dir)
+                os.execv(sys.executable, [sys.executable, "-m", "mailplat.cli", "--config", self.config, *args])
+            finally:
+                os._exit(127)
+        output = b""
+        try:
+            for answer in answers:
+                # Answer only once the prompt is out: getpass flushes what
+                # was typed before it turns echo off.
+                asked = len(output)
+                while not output[asked:].endswith(b": "):
+                    ready, _, _ = select.select([fd], [], [], 30)
+                    try:
+                        chunk = os.read(fd, 1024) if ready else b""
+                    except OSError:  # EIO: the child has gone
+                        chunk = b""
+                    if not chunk:
+                        self.fail(f"no prompt; the command said: {output!r}")
+                    output += chunk
+                os.write(fd, answer.encode() + b"\n")
+            while select.select([fd], [], [], 30)[0]:
+                try:
+                    chunk = os.read(fd, 1024)
+                except OSError:  # EIO: the child has gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            os.close(fd)
+            _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
+
+    def test_user_add_on_a_terminal_asks_twice_without_echo(self):
+        status, output = self.on_terminal(["user", "add", "alice@example.test"], ["secret-pw", "secret-pw"])
+        self.assertEqual(status, 0, output)
+        self.assertEqual(output.count("Password"), 1, output)
+        self.assertNotIn("secret-pw", output)
+        self.assertTrue(passwords.verify(self.stored_hash("alice@example.test"), "secret-pw"))
+
+    def test_user_add_on_a_terminal_refuses_passwords_that_differ(self):
+        status, output = self.on_terminal(["user", "add", "alice@example.test"], ["secret-pw", "other-pw"])
+        self.assertNotEqual(status, 0, output)
+        self.assertIn("do not match", output)
+        self.assertFalse(os.path.exists(self.users))
+
     def test_user_add_lower_cases_the_address(self):
         status, _, err = self.run_cli("user", "add", "Alice@Example.TEST", stdin="pw\n")
         self.assertEqual(status, 0, err)
@@ -185,6 +238,13 @@ class UserCommands(CLITestCase):
         status, out, err = self.run_cli("user", "list")
         self.assertEqual(status, 0, err)
         self.assertEqual(out.split(), ["alice@example.test", "zed@example.test"])
+
+    def test_without_a_config_users_are_kept_under_var(self):
+        # The embedded defaults, as `twistd -n mailplat` with no --config uses them.
+        status, _, err = mailplat(["user", "add", "alice@example.test"], self.dir, "pw\n")
+        self.assertEqual(status, 0, err)
+        with open(os.path.join(self.dir, "var", "users")) as f:
+            self.assertTrue(f.read().startswith("alice@example.test:{ARGON2ID}"))
 
     def test_plugins_lists_the_built_in_backends(self):
         status, out, err = self.run_cli("plugins")

@@ -218,6 +218,13 @@ class BadFile(ConfigTestCase):
         e = self.error(GOOD + '\n[tls]\ncertificate = "nope/cert.pem"\nkey = "nope/key.pem"\ncreate_self_signed = false\n')
         self.assertNames(e, "tls.certificate", "nope/cert.pem")
 
+    def test_certificate_without_its_key_is_named(self):
+        os.makedirs(os.path.join(self.dir, "tls"))
+        with open(os.path.join(self.dir, "tls", "cert.pem"), "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n")
+        e = self.error(GOOD + '\n[tls]\ncertificate = "tls/cert.pem"\nkey = "tls/key.pem"\n')
+        self.assertNames(e, "tls.key", "tls/key.pem")
+
     def test_certificate_that_does_not_load_is_named(self):
         os.makedirs(os.path.join(self.dir, "tls"))
         for name in ("cert.pem", "key.pem"):

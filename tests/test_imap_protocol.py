@@ -515,3 +515,150 @@ class FetchCache(ProtocolTestCase):
             )
 
         return self.run_client(talk).addCallback(check)
+
+
+class Commands(ProtocolTestCase):
+    def setUp(self):
+        super().setUp()
+        self.inbox.add(SIMPLE)
+        self.inbox.add(SIMPLE)
+
+    def talk(self, *commands, select=True):
+        def run():
+            c = self.client(select=select)
+            return [c.command(b"c%d " % i + text) for i, text in enumerate(commands)]
+
+        return self.run_client(run)
+
+    def test_list_special_use_selection_returns_only_special_folders(self):
+        def check(answers):
+            names = [l.rsplit(b" ", 1)[1].strip() for l in answers[0] if l.startswith(b"* LIST")]
+            self.assertEqual(sorted(names), [b'"Archive"', b'"Drafts"', b'"Junk"', b'"Sent"', b'"Trash"'])
+
+        return self.talk(b'LIST (SPECIAL-USE) "" "*"').addCallback(check)
+
+    def test_list_with_empty_pattern_gives_the_separator(self):
+        return self.talk(b'LIST "" ""').addCallback(
+            lambda a: self.assertEqual(a[0][0], b'* LIST (\\Noselect) "." ""\r\n')
+        )
+
+    def test_list_percent_stops_at_the_separator(self):
+        self.account_create("Lists.Python")
+
+        def check(answers):
+            names = [l.rsplit(b" ", 1)[1].strip() for l in answers[0] if l.startswith(b"* LIST")]
+            self.assertIn(b'"Lists"', names)
+            self.assertNotIn(b'"Lists.Python"', names)
+
+        return self.talk(b'LIST "" "%"').addCallback(check)
+
+    def account_create(self, name):
+        for part in ("Lists", name):
+            self.server.account.create(part)
+
+    def test_store_silent_sends_no_fetch(self):
+        return self.talk(b"STORE 1 +FLAGS.SILENT (\\Flagged)").addCallback(
+            lambda a: self.assertEqual([l for l in a[0] if b"FETCH" in l], [])
+        )
+
+    def test_uid_store_answers_with_uid(self):
+        return self.talk(b"UID STORE 2 +FLAGS (\\Flagged)").addCallback(
+            lambda a: self.assertIn(b"UID 2", a[0][0])
+        )
+
+    def test_uid_search_answers_uids(self):
+        self.inbox.store_flags([1], frozenset(["\\Deleted"]), "+")
+        self.inbox.expunge()
+        return self.talk(b"UID SEARCH ALL", b"SEARCH ALL").addCallback(
+            lambda a: (self.assertEqual(a[0][0], b"* SEARCH 2\r\n"), self.assertEqual(a[1][0], b"* SEARCH 1\r\n"))
+        )
+
+    def test_search_with_literal_utf8_string(self):
+        self.inbox.add("Subject: Grüße\n\nx\n".encode())
+        data = "grüße".encode()
+
+        def run():
+            c = self.client(select=True)
+            return c.command(b"c1 SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\n" % len(data) + data)
+
+        return self.run_client(run).addCallback(lambda l: self.assertEqual(l[0], b"* SEARCH 3\r\n"))
+
+    def test_examine_has_no_permanent_flags(self):
+        return self.talk(b"EXAMINE INBOX", select=False).addCallback(
+            lambda a: (
+                self.assertIn(b"* OK [PERMANENTFLAGS ()] read-only mailbox\r\n", a[0]),
+                self.assertIn(b"[READ-ONLY]", a[0][-1]),
+            )
+        )
+
+    def test_copy_to_missing_mailbox_says_trycreate(self):
+        return self.talk(b"COPY 1 Nowhere").addCallback(lambda a: self.assertIn(b"NO [TRYCREATE]", a[0][-1]))
+
+    def test_move_sends_copyuid_then_expunge(self):
+        def check(a):
+            lines = a[0]
+            self.assertTrue(lines[0].startswith(b"* OK [COPYUID "))
+            self.assertEqual(lines[1], b"* 1 EXPUNGE\r\n")
+
+        return self.talk(b"MOVE 1 Archive").addCallback(check)
+
+    def test_check_and_noop(self):
+        return self.talk(b"CHECK", b"NOOP").addCallback(
+            lambda a: self.assertEqual([x[-1][:5] for x in a], [b"c0 OK", b"c1 OK"])
+        )
+
+    def test_logout_says_bye_first(self):
+        def run():
+            c = self.client()
+            return c.command(b"c1 LOGOUT")
+
+        return self.run_client(run).addCallback(
+            lambda l: (self.assertTrue(l[0].startswith(b"* BYE")), self.assertTrue(l[1].startswith(b"c1 OK")))
+        )
+
+    def test_append_without_flags_or_date(self):
+        return self.talk(b"APPEND INBOX {12+}\r\nSubject: x\r\n", select=False).addCallback(
+            lambda a: self.assertIn(b"[APPENDUID ", a[0][-1])
+        )
+
+    def test_append_with_flags_and_date(self):
+        def check(a):
+            self.assertIn(b"[APPENDUID ", a[0][-1])
+            info = self.inbox.messages()[-1]
+            self.assertEqual(info.flags, frozenset(["\\Seen"]))
+            self.assertEqual(info.internaldate, 1704103200)  # 2024-01-01 10:00 UTC
+
+        return self.talk(
+            b'APPEND INBOX (\\Seen) "01-Jan-2024 11:00:00 +0100" {12+}\r\nSubject: x\r\n', select=False
+        ).addCallback(check)
+
+    def test_fetch_of_many_messages_answers_each(self):
+        for _ in range(600):
+            self.inbox.add(SIMPLE)
+        return self.talk(b"FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (Subject)])").addCallback(
+            lambda a: self.assertEqual(len([l for l in a[0] if l.startswith(b"* ") and b"FETCH" in l]), 602)
+        )
+
+    def test_enable_answers_enabled(self):
+        return self.talk(b"ENABLE CONDSTORE", select=False).addCallback(
+            lambda a: self.assertEqual(a[0][0], b"* ENABLED\r\n")
+        )
+
+    def test_unselect_does_not_expunge(self):
+        self.inbox.store_flags([1], frozenset(["\\Deleted"]), "+")
+        return self.talk(b"UNSELECT").addCallback(lambda a: self.assertEqual(len(self.inbox.messages()), 2))
+
+    def test_close_expunges(self):
+        self.inbox.store_flags([1], frozenset(["\\Deleted"]), "+")
+        return self.talk(b"CLOSE").addCallback(lambda a: self.assertEqual(len(self.inbox.messages()), 1))
+
+    def test_search_starting_with_a_parenthesis(self):
+        return self.talk(b"SEARCH (OR SEEN UNSEEN)").addCallback(lambda a: self.assertEqual(a[0][0], b"* SEARCH 1 2\r\n"))
+
+
+class EmptyMailbox(ProtocolTestCase):
+    def test_fetch_star_in_an_empty_mailbox_matches_nothing(self):
+        def run():
+            return self.client(select=True).command(b"e1 FETCH 1:* (FLAGS)")
+
+        return self.run_client(run).addCallback(lambda l: self.assertEqual(l, [b"e1 OK FETCH completed\r\n"]))

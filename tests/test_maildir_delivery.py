@@ -13,13 +13,15 @@ import os
 import poplib
 import shutil
 import smtplib
+import stat
 import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mailplat.interfaces import TemporaryFailure
+from mailplat.interfaces import PermanentFailure, TemporaryFailure
 from mailplat.store.maildir import names
+from mailplat.store.maildir import MaildirStore
 from mailplat.store.maildir.deliver import write_message
 from mailplat.store.source import BytesSource
 from tests.helpers import MailServer, client_tls, in_thread
@@ -85,6 +87,12 @@ class WriteMessage(unittest.TestCase):
         self.assertEqual(self.files("cur"), [key + ":2,S"])
         self.assertEqual(self.files("new"), [])
 
+    def test_maildir_and_message_are_private_to_their_owner(self):
+        key = write_message(self.maildir, BytesSource(MESSAGE))
+        for sub in ("tmp", "new", "cur"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.maildir, sub)).st_mode), 0o700, sub)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.maildir, "new", key)).st_mode), 0o600)
+
     def test_every_delivery_gets_its_own_name(self):
         keys = {write_message(self.maildir, BytesSource(MESSAGE)) for _ in range(50)}
         self.assertEqual(len(keys), 50)
@@ -137,10 +145,47 @@ class WriteMessage(unittest.TestCase):
         self.assertEqual(box.get_bytes(key), MESSAGE)
 
 
+class ArrivalOrder(unittest.TestCase):
+    """Messages are numbered (POP3) and given UIDs (IMAP) in the order their names were made."""
+
+    def test_names_made_in_one_second_sort_by_microseconds_as_numbers(self):
+        earlier, later = names.unique_name(1000.095), names.unique_name(1000.1)
+        self.assertEqual(sorted([later, earlier], key=names.sort_key), [earlier, later])
+
+    def test_the_delivery_counter_sorts_as_a_number(self):
+        ninth, tenth = "1000.M5P1Q9.host", "1000.M5P1Q10.host"
+        self.assertEqual(sorted([tenth, ninth], key=names.sort_key), [ninth, tenth])
+
+    def test_names_of_other_programs_sort_by_their_seconds(self):
+        keys = ["1700000001.M1P1Q1.host", "1700000000.12345_1.otherhost", "not-a-maildir-name"]
+        self.assertEqual(
+            sorted(keys, key=names.sort_key),
+            ["not-a-maildir-name", "1700000000.12345_1.otherhost", "1700000001.M1P1Q1.host"],
+        )
+
+
+class MailboxPaths(unittest.TestCase):
+    """Dovecot-style path templates (%d, %n, %u) filled in safely."""
+
+    def test_template_is_filled_in_lower_case(self):
+        store = MaildirStore("/srv/mail/%d/%n")
+        self.assertEqual(store.user_root("Alice@Example.TEST"), "/srv/mail/example.test/alice")
+        self.assertEqual(MaildirStore("/srv/%u/Maildir").user_root("a@b.test"), "/srv/a@b.test/Maildir")
+
+    def test_addresses_that_would_leave_the_mail_tree_are_refused(self):
+        store = MaildirStore("/srv/mail/%d/%n")
+        for address in ("../../etc@example.test", "a/b@example.test", "alice@../x", ".hidden@example.test", "@example.test"):
+            self.assertRaises(PermanentFailure, store.user_root, address)
+
+
 def pop3s(server, user="alice@example.test", password="alice-pw"):
     p = poplib.POP3_SSL("127.0.0.1", server.port("pop3s"), context=client_tls(), timeout=10)
-    p.user(user)
-    p.pass_(password)
+    try:
+        p.user(user)
+        p.pass_(password)
+    except Exception:
+        p.close()
+        raise
     return p
 
 
@@ -225,6 +270,17 @@ class SharedMaildir(unittest.TestCase):
         self.assertEqual(retrieved, data)
         self.assertEqual(size, len(data))
         self.assertEqual(uidl, b"1700000000.12345_1.otherhost")
+
+    @defer.inlineCallbacks
+    def test_message_without_a_final_line_end_is_listed_at_the_size_retr_sends(self):
+        self.mailbox()
+        data = b"Subject: no final newline\n\nlast line"
+        with open(os.path.join(self.root, "new", "1700000000.M1P1Q1.otherhost"), "wb") as f:
+            f.write(data)
+        [(size, uidl, retrieved)] = yield self.read_all()
+        # POP3 must end the message with CRLF before the terminating dot.
+        self.assertEqual(retrieved, crlf(data) + b"\r\n")
+        self.assertEqual(size, len(retrieved))
 
     @defer.inlineCallbacks
     def test_messages_from_smtp_and_other_programs_are_served_in_arrival_order(self):

@@ -8,10 +8,12 @@ import base64
 import os
 import poplib
 import smtplib
+import time
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from mailplat.pop3.mailbox import uidl_for
 from tests.helpers import LineClient, MailServer, client_tls, in_thread
 
 USERS = {"alice@example.test": "alice-pw", "bob@example.test": "bob-pw"}
@@ -45,16 +47,24 @@ def message(n):
 
 def pop3s(server, user="alice@example.test", password="alice-pw"):
     p = poplib.POP3_SSL("127.0.0.1", server.port("pop3s"), context=client_tls(), timeout=10)
-    p.user(user)
-    p.pass_(password)
+    try:
+        p.user(user)
+        p.pass_(password)
+    except Exception:
+        p.close()
+        raise
     return p
 
 
 def pop3_stls(server, user="alice@example.test", password="alice-pw"):
     p = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=10)
-    p.stls(context=client_tls())
-    p.user(user)
-    p.pass_(password)
+    try:
+        p.stls(context=client_tls())
+        p.user(user)
+        p.pass_(password)
+    except Exception:
+        p.close()
+        raise
     return p
 
 
@@ -79,6 +89,26 @@ def capa(c):
 def retrieved(lines):
     """poplib's RETR lines as bytes with CRLF line ends."""
     return b"".join(line + b"\r\n" for line in lines)
+
+
+class UniqueIDs(unittest.TestCase):
+    """RFC 1939 7 UIDL: 1 to 70 characters in 0x21..0x7E, the same for a message forever."""
+
+    def assertValid(self, uid):
+        self.assertTrue(1 <= len(uid) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in uid), uid)
+
+    def test_a_maildir_key_is_its_own_uid_without_the_size_fields(self):
+        self.assertEqual(uidl_for("1795708589.M200192P14435Q1.host,S=60,W=67"), "1795708589.M200192P14435Q1.host")
+
+    def test_a_long_name_gets_a_short_stable_uid(self):
+        key = "1700000000.M1P1Q1." + "h" * 100
+        self.assertValid(uidl_for(key))
+        self.assertEqual(uidl_for(key), uidl_for(key))
+
+    def test_a_name_with_spaces_or_8bit_gets_a_valid_uid(self):
+        for key in ("1700000000.with space", "1700000000.h\xf6st"):
+            self.assertValid(uidl_for(key))
+        self.assertNotEqual(uidl_for("1700000000.with space"), uidl_for("1700000000.h\xf6st"))
 
 
 class POP3TestCase(unittest.TestCase):
@@ -164,6 +194,25 @@ class EndToEnd(POP3TestCase):
         self.assertTrue(body.endswith(stuffed), body[-700:])
         self.assertIn(b"\r\n...two leading dots\r\n", body)
         self.assertEqual(body.count(b"\n"), body.count(b"\r\n"))
+
+    @defer.inlineCallbacks
+    def test_message_larger_than_memory_spool_is_read_byte_exact(self):
+        # Over 1 MB the server spools DATA to a file: the same bytes must come out.
+        body = b"".join(b"%07d " % n + b"x" * 70 + b"\r\n" for n in range(40000))
+        data = b"Subject: big\r\n\r\n.starts with a dot\r\n" + body
+        yield self.deliver(data)
+
+        def read():
+            p = pop3s(self.server)
+            size = int(p.list(1).split()[2])
+            _, lines, octets = p.retr(1)
+            p.quit()
+            return size, retrieved(lines)
+
+        size, got = yield in_thread(read)
+        self.assertGreater(len(data), 3 * 1024 * 1024)
+        self.assertTrue(got.endswith(data))
+        self.assertEqual(size, len(got))
 
     @defer.inlineCallbacks
     def test_list_size_is_the_exact_octet_count_retrieved(self):
@@ -279,6 +328,22 @@ class Authentication(POP3TestCase):
         self.assertTrue(replies[1].startswith(b"-ERR"), replies)
 
     @defer.inlineCallbacks
+    def test_login_pipelined_with_commands_is_answered_in_order(self):
+        def talk():
+            c = LineClient(self.server.port("pop3s"), tls=True)
+            c.line()
+            # The password check takes a while; STAT must wait for it.
+            c.send(b"USER alice@example.test\r\nPASS alice-pw\r\nSTAT\r\nQUIT\r\n")
+            replies = [c.line() for _ in range(4)]
+            c.close()
+            return replies
+
+        user, password, stat, quit = yield in_thread(talk)
+        self.assertTrue(password.startswith(b"+OK"), password)
+        self.assertEqual(stat, b"+OK 0 0")
+        self.assertTrue(quit.startswith(b"+OK"), quit)
+
+    @defer.inlineCallbacks
     def test_user_pass_after_stls_logs_in(self):
         def talk():
             p = pop3_stls(self.server)
@@ -324,6 +389,22 @@ class Authentication(POP3TestCase):
         self.assertTrue(reply.startswith(b"+OK"), reply)
 
     @defer.inlineCallbacks
+    def test_auth_plain_acting_as_another_user_is_refused(self):
+        def talk():
+            c = LineClient(self.server.port("pop3s"), tls=True)
+            c.line()
+            # RFC 4616: authorize as bob with alice's credentials.
+            token = base64.b64encode(b"bob@example.test\0alice@example.test\0alice-pw")
+            c.send(b"AUTH PLAIN " + token + b"\r\nSTAT\r\n")
+            replies = [c.line(), c.line()]
+            c.close()
+            return replies
+
+        replies = yield in_thread(talk)
+        self.assertTrue(replies[0].startswith(b"-ERR"), replies)
+        self.assertTrue(replies[1].startswith(b"-ERR"), replies)
+
+    @defer.inlineCallbacks
     def test_wrong_password_is_refused_with_auth_code(self):
         def talk():
             p = poplib.POP3_SSL("127.0.0.1", self.server.port("pop3s"), context=client_tls(), timeout=10)
@@ -348,6 +429,49 @@ class Authentication(POP3TestCase):
 
         e = yield self.assertFailure(in_thread(talk), poplib.error_proto)
         self.assertTrue(e.args[0].startswith(b"-ERR [AUTH]"), e.args)
+
+    @defer.inlineCallbacks
+    def test_a_failed_login_can_be_followed_by_a_good_one(self):
+        def talk():
+            c = LineClient(self.server.port("pop3s"), tls=True)
+            c.line()
+            c.send(b"USER alice@example.test\r\nPASS wrong\r\n")
+            replies = [c.line(), c.line()]
+            c.send(b"USER alice@example.test\r\nPASS alice-pw\r\nSTAT\r\nQUIT\r\n")
+            replies += [c.line() for _ in range(4)]
+            c.close()
+            return replies
+
+        replies = yield in_thread(talk)
+        self.assertTrue(replies[1].startswith(b"-ERR"), replies)
+        self.assertTrue(replies[3].startswith(b"+OK"), replies)
+        self.assertEqual(replies[4], b"+OK 0 0")
+
+    @defer.inlineCallbacks
+    def test_password_with_spaces_is_taken_whole(self):
+        # RFC 1939 7 PASS: spaces may be part of the password.
+        self.server.add_user("spacey@example.test", "two  spaced words")
+
+        def talk():
+            p = pop3s(self.server, "spacey@example.test", "two  spaced words")
+            stat = p.stat()
+            p.quit()
+            return stat
+
+        stat = yield in_thread(talk)
+        self.assertEqual(stat, (0, 0))
+
+    @defer.inlineCallbacks
+    def test_unreadable_maildrop_is_a_temporary_failure_at_login(self):
+        root = self.server.maildir("alice@example.test")
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        with open(root, "w") as f:
+            f.write("a file where the maildir should be\n")
+
+        e = yield self.assertFailure(in_thread(pop3s, self.server), poplib.error_proto)
+        self.flushLoggedErrors()
+        # RFC 3206: SYS/TEMP, so the client tries again instead of asking for a new password.
+        self.assertTrue(e.args[0].startswith(b"-ERR [SYS/TEMP]"), e.args)
 
     @defer.inlineCallbacks
     def test_transaction_commands_are_refused_before_login(self):
@@ -578,6 +702,39 @@ class Transaction(POP3TestCase):
         self.assertEqual(self.files(), before)
 
     @defer.inlineCallbacks
+    def test_uidl_and_list_leave_out_deleted_messages(self):
+        def talk():
+            p = pop3s(self.server)
+            all_uidls = p.uidl()[1]
+            p.dele(1)
+            uidls = p.uidl()[1]
+            listing = p.list()[1]
+            p.quit()
+            return all_uidls, uidls, listing
+
+        all_uidls, uidls, listing = yield in_thread(talk)
+        self.assertEqual(uidls, all_uidls[1:])
+        self.assertEqual([l.split()[0] for l in listing], [b"2", b"3"])
+
+    @defer.inlineCallbacks
+    def test_two_sessions_deleting_the_same_message_both_quit_cleanly(self):
+        def talk():
+            p, q = pop3s(self.server), pop3s(self.server)
+            p.dele(1)
+            q.dele(1)
+            first = p.quit()
+            second = q.quit()
+            r = pop3s(self.server)
+            stat = r.stat()
+            r.quit()
+            return first, second, stat
+
+        first, second, stat = yield in_thread(talk)
+        self.assertTrue(first.startswith(b"+OK"), first)
+        self.assertTrue(second.startswith(b"+OK"), second)
+        self.assertEqual(stat[0], 2)
+
+    @defer.inlineCallbacks
     def test_rset_undeletes(self):
         def talk():
             p = pop3s(self.server)
@@ -682,6 +839,24 @@ class BadInput(POP3TestCase):
     def test_oversize_line_is_not_executed_in_pieces(self):
         def talk():
             c = raw_login(self.server)
+            # The tail of an over-long line arrives on its own: it is still
+            # part of that line, never a command.
+            c.send(b"NOOP " + b"x" * 5000)
+            time.sleep(0.2)
+            c.send(b"DELE 1\r\nQUIT\r\n")
+            replies = [c.line() for _ in range(2)]
+            c.close()
+            return replies
+
+        replies = yield in_thread(talk)
+        self.assertTrue(replies[0].startswith(b"-ERR"), replies)
+        # Had "DELE 1" been obeyed, QUIT would have deleted the message.
+        self.assertEqual(len(self.files()), 1)
+
+    @defer.inlineCallbacks
+    def test_oversize_line_in_one_packet_is_one_error(self):
+        def talk():
+            c = raw_login(self.server)
             c.send(b"NOOP " + b"x" * 5000 + b"DELE 1\r\nSTAT\r\nQUIT\r\n")
             replies = [c.line() for _ in range(3)]
             c.close()
@@ -705,6 +880,17 @@ class BadInput(POP3TestCase):
         self.assertTrue(replies[0].startswith(b"-ERR"), replies)
         self.assertTrue(replies[1].startswith(b"-ERR"), replies)
         self.assertTrue(replies[2].startswith(b"+OK 1 "), replies)
+
+    @defer.inlineCallbacks
+    def test_client_that_keeps_sending_junk_is_disconnected(self):
+        def talk():
+            c = LineClient(self.server.port("pop3s"), tls=True)
+            c.line()
+            c.send(b"JUNK\r\n" * 50)
+            return c.closed(wait=5)
+
+        closed = yield in_thread(talk)
+        self.assertTrue(closed)
 
     @defer.inlineCallbacks
     def test_bad_message_numbers_are_errors(self):

@@ -7,6 +7,7 @@ what a client sees of all that through a running server.
 import os
 import poplib
 import shutil
+import smtplib
 import stat
 import tempfile
 
@@ -315,3 +316,23 @@ class LiveRealm(unittest.TestCase):
             users={"alice@example.test": "alice-pw"}
         )
         yield self.assertFailure(in_thread(pop3_login, server, "alice@example.test", "wrong"), poplib.error_proto)
+
+    @defer.inlineCallbacks
+    def test_unreadable_passwd_file_is_a_temporary_failure_on_every_protocol(self):
+        server = yield MailServer(self, listeners=("smtp", "pop3s")).start(users={"alice@example.test": "alice-pw"})
+        path = server.config.realm["path"]
+        os.unlink(path)
+        os.mkdir(path)  # tests run as root: a directory is what cannot be read
+
+        def rcpt():
+            with smtplib.SMTP("127.0.0.1", server.port("smtp")) as s:
+                s.ehlo()
+                s.mail("carol@remote.test")
+                return s.rcpt("alice@example.test")
+
+        code, text = yield in_thread(rcpt)
+        e = yield self.assertFailure(in_thread(pop3_login, server, "alice@example.test", "alice-pw"), poplib.error_proto)
+        self.flushLoggedErrors()
+        # Never "no such user" (a bounce) nor "wrong password": try again later.
+        self.assertEqual(code // 100, 4, text)
+        self.assertTrue(e.args[0].startswith(b"-ERR [SYS/TEMP]"), e.args)

@@ -9,8 +9,12 @@ import base64
 import glob
 import os
 import smtplib
+import socket
+import ssl
+import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.helpers import LineClient, MailServer, client_tls, in_thread
@@ -163,6 +167,40 @@ class MXDelivery(SMTPTestCase):
         yield self.run_client(send)
         self.assertEqual(len(stored(self.server, "alice@example.test")), 1)
         self.assertEqual(len(stored(self.server, "bob@example.test")), 1)
+
+    @defer.inlineCallbacks
+    def test_received_names_the_recipient_only_when_there_is_one(self):
+        def send():
+            with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
+                s.sendmail("carol@remote.test", ["alice@example.test"], MESSAGE)
+                s.sendmail("carol@remote.test", ["alice@example.test", "bob@example.test"], MESSAGE)
+
+        yield self.run_client(send)
+        single, several = stored(self.server, "alice@example.test")
+        self.assertIn(b"for <alice@example.test>", single.split(MESSAGE[:10])[0])
+        # A Bcc recipient must not be named in the copy the others get.
+        head = several.split(MESSAGE[:10])[0]
+        self.assertNotIn(b"bob@example.test", head)
+        self.assertNotIn(b"alice@example.test", head)
+
+    @defer.inlineCallbacks
+    def test_the_same_recipient_twice_gets_one_copy(self):
+        def send():
+            with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
+                s.sendmail("carol@remote.test", ["alice@example.test", "ALICE@example.test"], MESSAGE)
+
+        yield self.run_client(send)
+        self.assertEqual(len(stored(self.server, "alice@example.test")), 1)
+
+    @defer.inlineCallbacks
+    def test_parallel_deliveries_each_get_their_own_file(self):
+        def send(n):
+            with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
+                s.sendmail("carol@remote.test", ["alice@example.test"], MESSAGE + b"copy %d\r\n" % n)
+
+        yield defer.gatherResults([self.run_client(send, n) for n in range(20)])
+        copies = stored(self.server, "alice@example.test")
+        self.assertEqual(sorted(c.rsplit(b"copy ", 1)[1] for c in copies), sorted(b"%d\n" % n for n in range(20)))
 
     @defer.inlineCallbacks
     def test_unknown_user_is_refused_at_rcpt_with_550_5_1_1(self):
@@ -573,6 +611,29 @@ class Sequence(SMTPTestCase):
         self.assertEqual(code, 503)
 
     @defer.inlineCallbacks
+    def test_helo_is_accepted_in_place_of_ehlo(self):
+        def send():
+            with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
+                s.helo("old.client.test")
+                s.sendmail("carol@remote.test", ["alice@example.test"], MESSAGE)
+
+        yield self.run_client(send)
+        [data] = stored(self.server, "alice@example.test")
+        # RFC 3848: HELO is plain SMTP.
+        self.assertIn(b"Received: from old.client.test", data)
+
+    @defer.inlineCallbacks
+    def test_ehlo_without_a_domain_is_501(self):
+        def talk():
+            c = open_session(self.port("smtp"), ehlo=False)
+            reply = command(c, b"EHLO")
+            c.close()
+            return reply
+
+        code, _ = yield self.run_client(talk)
+        self.assertEqual(code, 501)
+
+    @defer.inlineCallbacks
     def test_nested_mail_is_503(self):
         def talk():
             c = open_session(self.port("smtp"))
@@ -641,17 +702,35 @@ class BadInput(SMTPTestCase):
 
     @defer.inlineCallbacks
     def test_oversize_command_line_is_not_executed_in_pieces(self):
+        limit = self.server.config.limits["line_length"]
+
         def talk():
             c = open_session(self.port("smtp"))
-            # Were the line cut at the limit, its tail would be read as RSET.
-            c.send(b"NOOP " + b"x" * 20000 + b"RSET\r\nNOOP\r\n")
-            replies = [c.smtp_reply() for _ in range(2)]
+            # Were a line cut at the limit, its tail would be read as QUIT:
+            # put QUIT at each place near the limit where a cut could fall.
+            for offset in range(-2, 3):
+                c.send(b"NOOP " + b"x" * (limit - 5 + offset) + b"QUIT\r\n")
+            c.send(b"NOOP\r\n")
+            codes = [c.smtp_reply()[0] for _ in range(6)]
             c.close()
-            return replies
+            return codes
 
-        (first, _), (second, lines) = yield self.run_client(talk)
-        self.assertEqual(first, 500)
-        self.assertEqual(second, 250)
+        codes = yield self.run_client(talk)
+        self.assertEqual(codes, [500] * 5 + [250])
+
+    @defer.inlineCallbacks
+    def test_tail_of_an_oversize_line_in_a_later_packet_is_not_a_command(self):
+        def talk():
+            c = open_session(self.port("smtp"))
+            c.send(b"NOOP " + b"x" * 20000)
+            time.sleep(0.2)
+            c.send(b"QUIT\r\nNOOP\r\n")
+            codes = [c.smtp_reply()[0] for _ in range(2)]
+            c.close()
+            return codes
+
+        codes = yield self.run_client(talk)
+        self.assertEqual(codes, [500, 250])
 
     @defer.inlineCallbacks
     def test_binary_junk_is_refused_and_the_session_continues(self):
@@ -728,6 +807,25 @@ class BadInput(SMTPTestCase):
         self.assertEqual((noop_code, noop_lines), (250, ["2.0.0 OK"]))
 
     @defer.inlineCallbacks
+    def test_long_line_in_data_split_across_packets_is_never_executed_as_commands(self):
+        def talk():
+            c = open_session(self.port("smtp"))
+            command(c, b"MAIL FROM:<carol@remote.test>")
+            command(c, b"RCPT TO:<alice@example.test>")
+            command(c, b"DATA")
+            c.send(b"Subject: x\r\n\r\n" + b"z" * 20000)
+            time.sleep(0.2)
+            c.send(b"\r\nQUIT\r\n.\r\n")
+            end_of_data = c.smtp_reply()
+            noop = command(c, b"NOOP")
+            c.close()
+            return end_of_data, noop
+
+        (code, lines), noop = yield self.run_client(talk)
+        self.assertNotEqual(code, 221)
+        self.assertEqual(noop, (250, ["2.0.0 OK"]))
+
+    @defer.inlineCallbacks
     def test_client_dropping_mid_data_leaves_nothing_in_the_maildir(self):
         def talk():
             c = open_session(self.port("smtp"))
@@ -738,7 +836,12 @@ class BadInput(SMTPTestCase):
             c.close()
 
         yield self.run_client(talk)
-        # Let the server notice the close, then deliver something after it.
+        # Wait for the server to notice the close, then deliver something
+        # after it: any work the close started has gone through the same
+        # thread pool first.
+        while self.server.sessions():
+            yield deferLater(reactor, 0.01, lambda: None)
+
         def send():
             with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
                 s.sendmail("carol@remote.test", ["bob@example.test"], MESSAGE)
@@ -814,3 +917,37 @@ class StoreFailures(SMTPTestCase):
         self.assertEqual(e.smtp_code, 451)
         # The client will send again to both: alice must not get it twice.
         self.assertEqual(stored(self.server, "alice@example.test"), [])
+
+
+class Certificate(SMTPTestCase):
+    """STARTTLS and implicit TLS present the configured certificate (made on first start)."""
+
+    listeners = ("submission", "smtps")
+
+    def verifying_context(self):
+        return ssl.create_default_context(cafile=self.server.config.tls_certificate)
+
+    @defer.inlineCallbacks
+    def test_starttls_presents_a_certificate_for_the_hostname(self):
+        def talk():
+            c = open_session(self.port("submission"))
+            command(c, b"STARTTLS")
+            c.starttls(self.verifying_context(), server_hostname="mail.example.test")
+            version = c.sock.version()
+            reply = command(c, b"EHLO client.test")
+            c.close()
+            return version, reply
+
+        version, (code, _) = yield self.run_client(talk)
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+        self.assertEqual(code, 250)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_presents_the_same_certificate(self):
+        def connect():
+            sock = socket.create_connection(("127.0.0.1", self.port("smtps")), timeout=10)
+            with self.verifying_context().wrap_socket(sock, server_hostname="mail.example.test") as tls:
+                return tls.version()
+
+        version = yield self.run_client(connect)
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))

@@ -115,6 +115,9 @@ class Twistd(unittest.TestCase):
         proc, smtp = self.start_good()
         cert = os.path.join(self.dir, "var", "tls", "cert.pem")
         self.assertTrue(os.path.exists(cert))
+        # Its log goes to a file, block-buffered: stop it to read it all.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
         self.assertIn(cert, self.output())
 
     def test_sigterm_shuts_the_server_down_cleanly(self):

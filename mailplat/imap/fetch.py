@@ -8,6 +8,8 @@ and never set \\Seen. ENVELOPE and BODYSTRUCTURE are computed once per
 message and kept in the folder's index through `IMailFolder.cache`.
 """
 
+import functools
+import re
 import time
 
 from twisted.mail import imap4
@@ -16,9 +18,7 @@ from mailplat.imap import mime
 from mailplat.imap.parser import BadCommand
 
 FP = imap4._FetchParser
-
-# Items answered from the folder's index alone.
-CACHED = {"envelope": "envelope", "bodystructure": "bodystructure", "body": "body"}
+_FIELD_LISTS = re.compile(rb"HEADER\.FIELDS(?:\.NOT)?\s*\(([^)]*)\)", re.I)
 
 
 class Item:
@@ -97,6 +97,9 @@ def parse_items(raw):
         raise BadCommand(f"bad FETCH items: {e}")
     if parser.state or parser.remaining:
         raise BadCommand("bad FETCH items")
+    # Twisted's parser upper-cases HEADER.FIELDS names; answer with the
+    # names as the client wrote them (RFC 3501 7.4.2 echoes the section).
+    original = [m.group(1).split() for m in _FIELD_LISTS.finditer(raw)]
     items = []
     for r in parser.result:
         kind = _SIMPLE.get(type(r))
@@ -114,6 +117,9 @@ def parse_items(raw):
             section = "HEADER"
             if r.header.fields:
                 fields = tuple(r.header.fields)
+                if original and len(original[0]) == len(fields):
+                    fields = tuple(original[0])
+                original = original[1:]
                 negate = bool(r.header.negate)
                 section = "HEADER.FIELDS.NOT" if negate else "HEADER.FIELDS"
         elif r.text is not None:
@@ -174,6 +180,11 @@ def compute(data, items, want_envelope, want_structure):
     @return: (sections by item index, envelope, bodystructure, body) with
         the last three as wire bytes or None when not wanted.
     """
+    if want_envelope and not want_structure and not any(i.needs_file for i in items):
+        # ENVELOPE alone needs only the header.
+        end = data.find(b"\n\n")
+        if end >= 0:
+            data = data[: end + 2]
     message = parse_message(data)
     sections = {i: section_bytes(item, message) for i, item in enumerate(items) if item.needs_file}
     env = bs = body = None
@@ -197,4 +208,10 @@ def internaldate(seconds):
 
 
 def flag_list(flags):
+    """(\\Flag ...) for any iterable of flags; the same sets recur, so cache them."""
+    return _flag_list(flags if isinstance(flags, frozenset) else frozenset(flags))
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_list(flags):
     return b"(" + b" ".join(f.encode("utf-8") for f in sorted(flags)) + b")"

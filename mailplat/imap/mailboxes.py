@@ -13,8 +13,8 @@ from twisted.internet import defer
 from twisted.mail import imap4
 
 from mailplat.imap.fetch import flag_list
-from mailplat.imap.parser import BadCommand, encode_mailbox
-from mailplat.imap.session import SelectedFolder
+from mailplat.imap.parser import BadCommand, canonical_name, encode_mailbox
+from mailplat.imap.session import SELECTED, SelectedFolder
 from mailplat.store.source import BytesSource
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -39,15 +39,6 @@ def parse_date_time(raw):
         return calendar.timegm((year, mon, day, hh, mm, ss, 0, 0, 0)) - offset
     except (ValueError, OverflowError):
         raise BadCommand("bad date-time")
-
-
-def canonical_name(name, separator="."):
-    """INBOX is case-insensitive (RFC 3501 5.1); a trailing separator is dropped."""
-    if name.upper() == "INBOX":
-        return "INBOX"
-    if name.upper().startswith("INBOX" + separator):
-        name = "INBOX" + name[5:]
-    return name
 
 
 def pattern_regex(pattern, separator):
@@ -96,6 +87,8 @@ class MailboxCommands:
                 if unseen is None and "\\Seen" not in m.flags:
                     unseen = i + 1
             flags = list(SYSTEM_FLAGS) + sorted(keywords)
+            # RFC 3501 6.3.1 / 7.1: Twisted sends no UNSEEN, UIDNEXT or
+            # PERMANENTFLAGS; clients need all three to sync by UID.
             out = [
                 b"* FLAGS " + flag_list(flags) + b"\r\n",
                 b"* %d EXISTS\r\n" % len(sel.uids),
@@ -112,7 +105,7 @@ class MailboxCommands:
                 out.append(b"* OK [PERMANENTFLAGS " + permanent + b"] flags permitted\r\n")
             self.write(b"".join(out))
             self.selected = sel
-            self.state = "select"
+            self.state = SELECTED
             verb = "EXAMINE" if readonly else "SELECT"
             self.ok(tag, f"[READ-{'ONLY' if readonly else 'WRITE'}] {verb} completed")
 
@@ -317,6 +310,8 @@ class MailboxCommands:
         reader.space()
         flags = []
         internaldate = None
+        # RFC 3501 6.3.11: the flag list and the date are both optional
+        # (Twisted's APPEND fails without flags).
         if reader.peek() == b"(":
             flags = reader.paren_list(reader.flag)
             reader.space()

@@ -9,14 +9,17 @@ thread pool, a batch at a time, so a FETCH of a large folder neither
 blocks other sessions nor holds every message in memory.
 """
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from mailplat.imap import fetch
-from mailplat.imap.parser import BadCommand
+from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
 
 BATCH = 200  # messages read per trip to the thread pool
 CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
+SEEN = frozenset(["\\Seen"])
 
 
 def _compact(uids):
@@ -47,6 +50,43 @@ def _read_all(files, work):
         except OSError:
             results.append(None)
     return results
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """
+    Paces a long FETCH by the client's reading speed: the transport pauses
+    us when its buffer fills, and the next batch waits for the resume.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.paused = False
+        self.waiting = []
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+    def wait(self):
+        if not self.paused:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def done(self, result=None):
+        self.transport.unregisterProducer()
+        return result
 
 
 class MessageCommands:
@@ -163,8 +203,6 @@ class MessageCommands:
         return self._transfer(tag, reader, uid, move=True)
 
     def _transfer(self, tag, reader, uid, move):
-        from mailplat.imap.mailboxes import canonical_name
-
         reader.space()
         token = reader.sequence_set()
         reader.space()
@@ -178,7 +216,7 @@ class MessageCommands:
         d = defer.maybeDeferred(self.account.folder, name)
 
         def got(target):
-            uids = [u for _, u in targets if sel.info(u) is not None]
+            uids = [u for _, u, info in sel.with_info(targets) if info is not None]
             if not uids:
                 return None
             call = sel.folder.move_to if move else sel.folder.copy_to
@@ -216,14 +254,10 @@ class MessageCommands:
     def cmd_SEARCH(self, tag, reader, uid=False):
         reader.space()
         charset = None
-        save = reader.pos
-        first = reader.atom("a search key")
-        if first.upper() == b"CHARSET":
-            reader.space()
+        if reader.text[reader.pos : reader.pos + 8].upper() == b"CHARSET ":
+            reader.pos += 8
             charset = reader.astring("a charset").decode("ascii", "replace").upper()
             reader.space()
-        else:
-            reader.pos = save
         if charset is not None and charset not in CHARSETS:
             return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
         query = Query(reader, charset)
@@ -232,10 +266,9 @@ class MessageCommands:
         largest_seq = len(sel.uids)
         largest_uid = sel.uids[-1] if sel.uids else 0
         contexts = []
-        for i, u in enumerate(sel.uids):
-            info = sel.info(u)
+        for seq, u, info in sel.with_info(enumerate(sel.uids, 1)):
             if info is not None:
-                contexts.append(Context(i + 1, u, info, u in sel.recent, largest_seq, largest_uid))
+                contexts.append(Context(seq, u, info, u in sel.recent, largest_seq, largest_uid))
         found = []
 
         def answer(_=None):
@@ -288,7 +321,7 @@ class MessageCommands:
         if uid and not any(i.kind == "uid" for i in items):
             items.insert(0, fetch.Item("uid"))
         sel = self.selected
-        targets = [(s, u, sel.info(u)) for s, u in self._targets(token, uid)]
+        targets = sel.with_info(self._targets(token, uid))
         # Messages expunged by another session but not yet reported are skipped.
         targets = [t for t in targets if t[2] is not None]
         seen = set()
@@ -300,6 +333,12 @@ class MessageCommands:
                 d = defer.maybeDeferred(sel.folder.store_flags, unseen, frozenset(["\\Seen"]), "+", self)
         d.addCallback(lambda _: self._fetch_batches(tag, sel, targets, items, seen))
         return d
+
+    def _paced(self):
+        try:
+            return Backpressure(self.transport)
+        except RuntimeError:  # another producer is registered; go unpaced
+            return None
 
     def _fetch_batches(self, tag, sel, targets, items, seen):
         needs_file = any(i.needs_file for i in items)
@@ -317,27 +356,13 @@ class MessageCommands:
             missing = needs_file or (want_env and env is None) or (want_bs and (bs is None or body is None))
             return env, bs, body, missing
 
-        def step(start):
-            if self._closed:
-                return None
-            if start >= len(targets):
-                self.ok(tag, "FETCH completed")
-                return None
-            # Index-only answers go in big batches; reading files in small ones.
+        pace = self._paced() if len(targets) > BATCH else None
+
+        def load(start):
+            """Open and parse a batch in the thread pool: (chunk, plans, computed)."""
             chunk = targets[start : start + BATCH]
             plans = [prepared(seq, u) for seq, u, _ in chunk]
-            if not any(p[3] for p in plans):
-                chunk = targets[start : start + CHEAP_BATCH]
-                plans = [prepared(seq, u) for seq, u, _ in chunk]
-                self.write(
-                    b"".join(
-                        self._fetch_response(sel, seq, u, info, items, {}, p[0], p[1], p[2], u in seen)
-                        for (seq, u, info), p in zip(chunk, plans)
-                    )
-                )
-                return step_later(start + len(chunk))
             need = [c[1] for c, p in zip(chunk, plans) if p[3]]
-            d = self._open_batch(need)
 
             def read(files):
                 def work(data):
@@ -345,38 +370,72 @@ class MessageCommands:
 
                 return threads.deferToThread(_read_all, files, work)
 
-            def write(results):
-                computed = dict(zip(need, results))
-                out = []
-                for (seq, u, info), (env, bs, body, missing) in zip(chunk, plans):
-                    sections = {}
-                    if missing:
-                        result = computed.get(u)
-                        if result is None:
-                            continue  # gone since the index was read
-                        sections, new_env, new_bs, new_body = result
-                        if want_env and env is None:
-                            env = new_env.decode("latin-1")
-                            folder.cache(u, "envelope", env)
-                        if want_bs and (bs is None or body is None):
-                            bs, body = new_bs.decode("latin-1"), new_body.decode("latin-1")
-                            folder.cache(u, "bodystructure", bs)
-                            folder.cache(u, "body", body)
-                    out.append(self._fetch_response(sel, seq, u, info, items, sections, env, bs, body, u in seen))
-                self.write(b"".join(out))
-                return step(start + len(chunk))
+            d = self._open_batch(need).addCallback(read)
+            return d.addCallback(lambda results: (chunk, plans, dict(zip(need, results))))
 
-            return d.addCallback(read).addCallback(write)
+        def write(chunk, plans, computed):
+            out = []
+            for (seq, u, info), (env, bs, body, missing) in zip(chunk, plans):
+                sections = {}
+                if missing:
+                    result = computed.get(u)
+                    if result is None:
+                        continue  # gone since the index was read
+                    sections, new_env, new_bs, new_body = result
+                    if want_env and env is None:
+                        env = new_env.decode("latin-1")
+                        folder.cache(u, "envelope", env)
+                    if want_bs and (bs is None or body is None):
+                        bs, body = new_bs.decode("latin-1"), new_body.decode("latin-1")
+                        folder.cache(u, "bodystructure", bs)
+                        folder.cache(u, "body", body)
+                out.append(self._fetch_response(sel, seq, u, info, items, sections, env, bs, body, u in seen))
+            self.write(b"".join(out))
+
+        def step(start, loading=None):
+            if self._closed:
+                if loading is not None:
+                    loading.addErrback(lambda f: None)  # nobody waits for it now
+                return None
+            if start >= len(targets):
+                self.ok(tag, "FETCH completed")
+                return None
+            if pace is not None and pace.paused:
+                return pace.wait().addCallback(lambda _: step(start, loading))
+            if loading is None:
+                # Index-only answers go in big batches, without the thread pool.
+                chunk = targets[start : start + CHEAP_BATCH]
+                plans = [prepared(seq, u) for seq, u, _ in chunk[:BATCH]]
+                if not any(p[3] for p in plans):
+                    plans += [prepared(seq, u) for seq, u, _ in chunk[BATCH:]]
+                    if not any(p[3] for p in plans):
+                        write(chunk, plans, {})
+                        return step_later(start + len(chunk))
+                loading = load(start)
+
+            def loaded(result):
+                chunk, plans, computed = result
+                following = start + len(chunk)
+                # Read the next batch while this one goes out (one ahead).
+                ahead = load(following) if following < len(targets) and needs_reading(following) else None
+                write(chunk, plans, computed)
+                return step(following, ahead)
+
+            return loading.addCallback(loaded)
+
+        def needs_reading(start):
+            return any(prepared(seq, u)[3] for seq, u, _ in targets[start : start + BATCH])
 
         def step_later(start):
             if start >= len(targets):
                 return step(start)
             # let other sessions run between big batches
-            from twisted.internet import reactor, task
-
             return task.deferLater(reactor, 0, step, start)
 
-        return step(0)
+        d = defer.maybeDeferred(step, 0)
+        if pace is not None:
+            d.addBoth(pace.done)
+        return d
 
     def _fetch_response(self, sel, seq, u, info, items, sections, env, bs, body, seen_now):
         flags = None
@@ -388,7 +447,7 @@ class MessageCommands:
             elif kind == "flags":
                 flags = sel.flags_of(u, info)
                 if seen_now:
-                    flags.add("\\Seen")
+                    flags = flags | SEEN
                 parts.append(b"FLAGS " + fetch.flag_list(flags))
             elif kind == "internaldate":
                 parts.append(b'INTERNALDATE "' + fetch.internaldate(info.internaldate) + b'"')
@@ -405,7 +464,7 @@ class MessageCommands:
                 parts.append(item.label() + b" {%d}\r\n" % len(data) + data)
         if seen_now and flags is None:
             # RFC 3501 6.4.5: an implicit \Seen is reported with the data.
-            flags = sel.flags_of(u, info) | {"\\Seen"}
+            flags = sel.flags_of(u, info) | SEEN
             parts.append(b"FLAGS " + fetch.flag_list(flags))
         return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 

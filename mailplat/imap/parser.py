@@ -208,6 +208,15 @@ def decode_mailbox(raw):
         raise BadCommand("mailbox name is not valid modified UTF-7")
 
 
+def canonical_name(name, separator="."):
+    """INBOX is case-insensitive (RFC 3501 5.1), and so is it as a parent."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX" + separator):
+        name = "INBOX" + name[5:]
+    return name
+
+
 def encode_mailbox(name):
     return quote(name.encode("imap4-utf-7"))
 

@@ -7,9 +7,11 @@ every message; here flag, size, date and UID keys need only the index,
 and header/text keys read a message once, in a thread.
 """
 
-import calendar
+import base64
+import binascii
 import email.header
 import email.utils
+import quopri
 import time
 
 from mailplat.imap import mime
@@ -45,10 +47,6 @@ class Context:
         self.message = None  # a mime.Part when content keys need it
         self.largest_seq = largest_seq
         self.largest_uid = largest_uid
-
-
-def _text(data):
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
 def decode_header(value):
@@ -230,10 +228,6 @@ def _compare(day, op, target):
 
 def _body_text(message):
     """The body as text for BODY/TEXT: MIME parts' texts, base64/QP decoded where easy."""
-    import base64
-    import binascii
-    import quopri
-
     out = []
 
     def walk(part):
@@ -263,7 +257,3 @@ def _body_text(message):
 
     walk(message)
     return "".join(out).casefold()
-
-
-def epoch_of_day(day):
-    return calendar.timegm((day[0], day[1], day[2], 0, 0, 0))

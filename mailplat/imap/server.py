@@ -5,9 +5,10 @@ Twisted's server dispatches commands without waiting for the previous one
 to finish, answers input pipelined after STARTTLS, drops the connection on
 a raw UTF-8 header, ends IDLE on any line, has no UIDPLUS, MOVE, UNSELECT,
 ID, ENABLE, SPECIAL-USE or LITERAL+, and re-parses messages on every FETCH.
-This subclass keeps Twisted's reply helpers, its FETCH attribute parser,
-its date and modified UTF-7 codecs and wildcard matcher, and replaces the
-framing and the command handlers so that:
+This subclass keeps Twisted's class (so it is still an IMailboxListener
+and its timeout handling), its FETCH attribute parser, date parser,
+modified UTF-7 codec and wildcard matcher, and replaces the framing and
+the command handlers so that:
 
 - a command is read whole, literals included, before it runs, and
   commands run strictly one after another (RFC 3501 5.5);
@@ -17,22 +18,20 @@ framing and the command handlers so that:
 - other sessions' changes reach the client as EXISTS / FETCH / EXPUNGE
   when RFC 3501 7.4.1 allows, at once during IDLE (RFC 2177).
 
-Folder commands live in L{mailplat.imap.mailboxes}, message commands in
-L{mailplat.imap.messages}.
+Logging in lives in L{mailplat.imap.auth}, folder commands in
+L{mailplat.imap.mailboxes}, message commands in L{mailplat.imap.messages}.
 """
 
-import base64
-import binascii
-
-from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from mailplat.imap.auth import AuthCommands
 from mailplat.imap.mailboxes import MailboxCommands
 from mailplat.imap.messages import MessageCommands
 from mailplat.imap.parser import BadCommand, Reader, literal_announced
+from mailplat.imap.session import AUTH, LOGOUT, SELECTED, UNAUTH
 from mailplat.interfaces import TemporaryFailure
 
 log = Logger()
@@ -40,7 +39,6 @@ log = Logger()
 MAX_COMMAND = 64 * 1024  # command text without literals
 MAX_LITERAL = 64 * 1024  # a literal in anything but APPEND
 MAX_ERRORS = 50  # consecutive BADs before the server gives up
-AUTHENTICATED_TIMEOUT = 30 * 60  # RFC 3501 5.4: at least 30 minutes
 
 CAPABILITIES = [
     b"IMAP4rev1",
@@ -57,11 +55,10 @@ CAPABILITIES = [
     b"CHILDREN",
 ]
 
-UNAUTH, AUTH, SELECTED, LOGOUT = "unauth", "auth", "select", "logout"
 ANY = (UNAUTH, AUTH, SELECTED)
 AFTER_LOGIN = (AUTH, SELECTED)
 
-# command -> (method, states, allowed after UID)
+# command -> (method, states in which it is allowed)
 COMMANDS = {
     b"CAPABILITY": ("cmd_CAPABILITY", ANY),
     b"NOOP": ("cmd_NOOP", ANY),
@@ -99,7 +96,7 @@ UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE")
 NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH")
 
 
-class MailplatIMAP(MailboxCommands, MessageCommands, imap4.IMAP4Server):
+class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Server):
     """One IMAP session, configured through its factory (L{IMAPFactory})."""
 
     IDENT = b"mailplat IMAP4rev1 ready"
@@ -161,6 +158,9 @@ class MailplatIMAP(MailboxCommands, MessageCommands, imap4.IMAP4Server):
             self._counted = False
         self._deselect()
         self.account = None
+        if self._onLogout is not None:
+            self._onLogout()
+            self._onLogout = None
 
     def timeoutConnection(self):
         self.write(b"* BYE autologout; idle for too long\r\n")
@@ -447,104 +447,6 @@ class MailplatIMAP(MailboxCommands, MessageCommands, imap4.IMAP4Server):
         reader.end()
         self.untagged(b'ID ("name" "mailplat" "vendor" "mailplat")')
         self.ok(tag, "ID completed")
-
-    # --- not authenticated -------------------------------------------------
-
-    def cmd_STARTTLS(self, tag, reader):
-        reader.end()
-        if not self._can_starttls():
-            return self.bad(tag, "TLS is already active" if self.secure else "STARTTLS not available")
-        # RFC 3501 6.2.1 / CVE-2011-0411: nothing sent before the handshake
-        # may be acted on after it.
-        self._buf = b""
-        self.write(tag + b" OK begin TLS negotiation now\r\n")
-        self.transport.startTLS(self.ctx)
-        self.startedTLS = True
-        return None
-
-    def _refuse_plaintext(self, tag):
-        self.no(tag, "[PRIVACYREQUIRED] use STARTTLS before logging in")
-
-    def cmd_LOGIN(self, tag, reader):
-        reader.space()
-        user = reader.astring("a user name")
-        reader.space()
-        password = reader.astring("a password")
-        reader.end()
-        if not self._auth_allowed():
-            return self._refuse_plaintext(tag)
-        return self._login(tag, user, password)
-
-    def cmd_AUTHENTICATE(self, tag, reader):
-        reader.space()
-        mechanism = reader.atom("a SASL mechanism").upper()
-        initial = None
-        if reader.maybe_space():
-            initial = reader.atom("an initial response")  # RFC 4959 SASL-IR
-        reader.end()
-        if not self._auth_allowed():
-            return self._refuse_plaintext(tag)
-        if mechanism not in (b"PLAIN", b"LOGIN"):
-            return self.no(tag, "unsupported SASL mechanism; use PLAIN or LOGIN")
-        self._sasl = {"tag": tag, "mechanism": mechanism}
-        if initial is not None:
-            return self._sasl_step(initial)
-        self.write(b"+ \r\n" if mechanism == b"PLAIN" else b"+ VXNlcm5hbWU6\r\n")
-        return None
-
-    def _sasl_step(self, line):
-        state = self._sasl
-        tag = state["tag"]
-        if line.strip() == b"*":
-            self._sasl = None
-            return self.bad(tag, "AUTHENTICATE cancelled")  # RFC 3501 6.2.2
-        try:
-            decoded = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
-        except (binascii.Error, ValueError):
-            self._sasl = None
-            return self.bad(tag, "cannot decode base64")
-        if state["mechanism"] == b"PLAIN":
-            self._sasl = None
-            fields = decoded.split(b"\0")
-            if len(fields) != 3 or (fields[0] and fields[0] != fields[1]):
-                return self.bad(tag, "malformed PLAIN response")
-            return self._login(tag, fields[1], fields[2])
-        if "user" not in state:
-            state["user"] = decoded
-            self.write(b"+ UGFzc3dvcmQ6\r\n")
-            return None
-        self._sasl = None
-        return self._login(tag, state["user"], decoded)
-
-    def _login(self, tag, user, password):
-        throttle = self.factory.throttle
-        if throttle.blocked(self._peer):
-            return self.no(tag, "[UNAVAILABLE] too many failed logins; try again later")
-        d = self.portal.login(credentials.UsernamePassword(user, password), None, imap4.IAccount)
-
-        def ok(result):
-            _, avatar, logout = result
-            self._onLogout = logout
-            self.account = avatar.account
-            self.state = AUTH
-            throttle.succeeded(self._peer)
-            self.setTimeout(max(self.timeOut, AUTHENTICATED_TIMEOUT))
-            log.info("IMAP login {user} from {peer}", user=user.decode("utf-8", "replace"), peer=self._peer)
-            self.ok(tag, b"[CAPABILITY " + b" ".join(self.capability_list()) + b"] logged in")
-
-        def failed(failure):
-            if failure.check(cred_error.UnauthorizedLogin):
-                delay = throttle.delay(self._peer)
-                throttle.failed(self._peer)
-                wait = defer.Deferred()
-                reactor.callLater(delay, wait.callback, None)
-                return wait.addCallback(lambda _: self.no(tag, "[AUTHENTICATIONFAILED] authentication failed"))
-            if failure.check(TemporaryFailure):
-                return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
-            log.failure("IMAP login error", failure)
-            return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
-
-        return d.addCallbacks(ok, failed)
 
     # --- IDLE (RFC 2177) ---------------------------------------------------
 

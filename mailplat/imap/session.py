@@ -14,6 +14,10 @@ from bisect import bisect_left
 from mailplat.imap.fetch import flag_list
 from mailplat.imap.parser import parse_sequence_set
 
+# RFC 3501 3: the session's states, as Twisted's IMAP4Server names them.
+UNAUTH, AUTH, SELECTED, LOGOUT = "unauth", "auth", "select", "logout"
+RECENT = frozenset(["\\Recent"])
+
 
 class SelectedFolder:
     __slots__ = ("folder", "readonly", "uids", "recent", "expunged", "flagged", "unsubscribe", "__weakref__")
@@ -36,6 +40,20 @@ class SelectedFolder:
         if i < len(msgs) and msgs[i].uid == uid:
             return msgs[i]
         return None
+
+    def with_info(self, pairs):
+        """[(seq, uid)] ascending -> [(seq, uid, info or None)], one walk of the index."""
+        msgs = self.folder.messages()
+        n, j, out = len(msgs), 0, []
+        for seq, uid in pairs:
+            if j < n and msgs[j].uid < uid:
+                j = bisect_left(msgs, uid, j, n, key=_uid_of)
+            if j < n and msgs[j].uid == uid:
+                out.append((seq, uid, msgs[j]))
+                j += 1
+            else:
+                out.append((seq, uid, None))
+        return out
 
     def seq_of(self, uid):
         i = bisect_left(self.uids, uid)
@@ -69,14 +87,17 @@ class SelectedFolder:
 
     def bad_sequence(self, token):
         """True when a non-UID set names numbers the view does not have."""
+        if not self.uids and b"*" in token:
+            return False  # `1:*` in an empty mailbox matches nothing
         ranges = parse_sequence_set(token, len(self.uids) or 1)
         return any(b > len(self.uids) for a, b in ranges)
 
     def flags_of(self, uid, info=None):
+        """The flags the client sees: the stored ones plus this session's \\Recent."""
         info = info or self.info(uid)
-        flags = set(info.flags) if info else set()
+        flags = info.flags if info else frozenset()
         if uid in self.recent:
-            flags.add("\\Recent")
+            flags = flags | RECENT
         return flags
 
     # --- events --------------------------------------------------------

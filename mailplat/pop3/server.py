@@ -70,11 +70,13 @@ class MailplatPOP3(pop3.POP3):
         self.portal = factory.portal
         self.timeOut = factory.timeout
         self._buffer = b""
+        self._discarding = False  # inside an over-long line
         self._waiting = False
         self._closed = False
         self._errors = 0
         self._user_name = None
         self._auth_state = None
+        self._argument = b""
         self._peer = ""
         self._counted = False
         self.startedTLS = False
@@ -135,13 +137,16 @@ class MailplatPOP3(pop3.POP3):
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_LINE:
+                    # Drop what we have but remember we are inside the
+                    # line: its tail, arriving later, is never a command.
                     self._buffer = b""
-                    self._error(b"line too long")
+                    self._discarding = True
                 return
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if len(line) > MAX_LINE:
+            if self._discarding or len(line) > MAX_LINE:
+                self._discarding = False
                 self._error(b"line too long")
                 continue
             try:
@@ -181,6 +186,9 @@ class MailplatPOP3(pop3.POP3):
             return self._auth_response(line.strip())
         parts = line.split(b" ")
         verb, args = parts[0].upper(), [a for a in parts[1:] if a]
+        # The argument text exactly as sent, for PASS (RFC 1939 7: spaces
+        # may be part of a password).
+        self._argument = line.split(b" ", 1)[1] if b" " in line else b""
         try:
             name = verb.decode("ascii")
         except UnicodeDecodeError:
@@ -264,7 +272,7 @@ class MailplatPOP3(pop3.POP3):
             return self._error(b"USER first")
         user, self._user_name = self._user_name, None
         # The password is the rest of the line, spaces included.
-        return self._login(user, b" ".join(args))
+        return self._login(user, self._argument)
 
     def auth_AUTH(self, *args):
         if not args:

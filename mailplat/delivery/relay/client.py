@@ -81,8 +81,9 @@ class RelayClient(smtp.ESMTPClient):
         self.pool = pool
         self.destination = destination
         self.timeout = timeout
-        # RFC 3207: STARTTLS when offered; required only where configured.
-        self.requireTransportSecurity = destination.tls == "starttls"
+        # RFC 3207: STARTTLS when offered; required where configured, and
+        # before AUTH unless the route says "none" (no password in clear).
+        self.requireTransportSecurity = destination.tls == "starttls" or (auth is not None and destination.tls == "may")
         self.requireAuthentication = auth is not None
         if auth:
             user = auth[0].encode()
@@ -97,8 +98,8 @@ class RelayClient(smtp.ESMTPClient):
         self._handlers = collections.deque()  # handlers awaiting a reply
         self._accepted = []
         self._mail_failed = None
-        self._data_failed = None
         self._closed = False
+        self.tls_started = False
 
     # --- session set-up (ESMTPClient's) ----------------------------------------
 
@@ -110,6 +111,10 @@ class RelayClient(smtp.ESMTPClient):
                 items[parts[0].upper()] = parts[1] if len(parts) > 1 else None
         self.extensions = items
         self.tryTLS(code, resp, items)
+
+    def esmtpState_starttls(self, code, resp):
+        self.tls_started = True
+        smtp.ESMTPClient.esmtpState_starttls(self, code, resp)
 
     def sendError(self, exc):
         """Greeting, EHLO, TLS or AUTH failed, or a timeout: give up this connection."""
@@ -126,6 +131,7 @@ class RelayClient(smtp.ESMTPClient):
     def connectionLost(self, reason=error.ConnectionDone):
         smtp.ESMTPClient.connectionLost(self, reason)
         self._closed = True
+        self.pool.unpark(self)
         if self.error is None:
             self.error = (0, f"connection lost: {reason.getErrorMessage()}")
         self._fail_job(self.error)
@@ -149,9 +155,17 @@ class RelayClient(smtp.ESMTPClient):
     def _next(self):
         job = self.pool.next_job(self)
         if job is None:
-            self._send(b"QUIT", lambda code, resp: self.transport.loseConnection())
+            if not self.pool.park(self):
+                self.quit()
             return
         self._begin(job)
+
+    def quit(self):
+        self._send(b"QUIT", lambda code, resp: self.transport.loseConnection())
+
+    def wake(self):
+        """A parked connection gets work (see L{ConnectionPool.park})."""
+        self._next()
 
     def _reply(self, code, resp):
         if not self._handlers:
@@ -179,13 +193,15 @@ class RelayClient(smtp.ESMTPClient):
         self._accepted = []
         self._mail_failed = None
         limit = self.extensions.get(b"SIZE")
+        refusal = None
         if limit and limit.isdigit() and 0 < int(limit) < job.crlf_size:
             # RFC 1870 6.1: don't send what the server said it won't take.
-            self._end({r: (552, f"5.3.4 message of {job.crlf_size} octets exceeds {self.destination.name}'s limit of {int(limit)}") for r in job.recipients}, rset=False)
-            return
-        if job.utf8 and b"SMTPUTF8" not in self.extensions:
+            refusal = (552, f"5.3.4 message of {job.crlf_size} octets is over the server's limit of {int(limit)}")
+        elif job.utf8 and b"SMTPUTF8" not in self.extensions:
             # RFC 6531 3.2: international addresses need SMTPUTF8.
-            self._end({r: (550, "5.6.7 the server does not support SMTPUTF8 for international addresses") for r in job.recipients}, rset=False)
+            refusal = (550, "5.6.7 the server does not support SMTPUTF8 for international addresses")
+        if refusal is not None:
+            self._end({r: refusal for r in job.recipients}, rset=False)
             return
         params = b""
         if b"SIZE" in self.extensions:
@@ -297,29 +313,68 @@ class _DestinationState:
         self.pending = collections.deque()
         self.connections = set()
         self.connecting = 0
+        self.attempts = set()  # connect Deferreds, cancelled on stop
+        self.idle = {}  # parked client -> its timer
 
 
 class ConnectionPool:
     """Outbound connections, limited per destination and in total."""
 
-    def __init__(self, identity, total=20, per_destination=4, timeout=300, connect_timeout=30, clock=reactor):
+    def __init__(self, identity, total=50, per_destination=10, timeout=300, connect_timeout=30, linger=1.0, clock=reactor):
         self.identity = identity
         self.total = total
         self.per_destination = per_destination
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        # A connection with nothing to do waits this long for the next
+        # message to its destination before QUIT: no new handshake per message.
+        self.linger = linger
         self.clock = clock
         self.destinations = {}  # key -> _DestinationState
         self.count = 0
         self.stopping = False
         self._idle_waiters = []
+        # Destinations whose STARTTLS handshake failed: plaintext until then
+        # (RFC 7435 opportunistic security: better unencrypted than never).
+        self.plaintext_until = {}
 
     def send(self, destination, job):
         """Queue `job` for `destination`; returns job.deferred."""
         state = self.destinations.setdefault(destination.key, _DestinationState())
         state.pending.append((destination, job))
+        if state.idle:
+            client, timer = state.idle.popitem()
+            timer.cancel()
+            client.wake()
         self._open(destination.key)
         return job.deferred
+
+    def park(self, client):
+        """Keep an idle connection for `linger` seconds; False: close it now."""
+        state = client.pool_state
+        if self.stopping or self.linger <= 0:
+            return False
+
+        def expire():
+            del state.idle[client]
+            client.quit()
+
+        state.idle[client] = self.clock.callLater(self.linger, expire)
+        return True
+
+    def unpark(self, client):
+        timer = client.pool_state.idle.pop(client, None) if hasattr(client, "pool_state") else None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _evict_idle(self):
+        """At the total limit, a parked connection makes room for one with work."""
+        for state in self.destinations.values():
+            if state.idle:
+                client, timer = state.idle.popitem()
+                timer.cancel()
+                client.quit()
+                return
 
     def next_job(self, client):
         state = self.destinations.get(client.destination.key)
@@ -328,7 +383,9 @@ class ConnectionPool:
         return state.pending.popleft()[1]
 
     def make_client(self, destination):
-        if destination.tls == "none":
+        if destination.tls == "none" or (
+            destination.tls == "may" and self.plaintext_until.get(destination.key, 0) > self.clock.seconds()
+        ):
             context = None
         elif destination.verify:
             context = ssl.optionsForClientTLS(destination.name)
@@ -339,6 +396,8 @@ class ConnectionPool:
 
     def _open(self, key):
         state = self.destinations[key]
+        if self.count >= self.total and len(state.pending) > state.connecting:
+            self._evict_idle()
         while (
             not self.stopping
             and len(state.pending) > state.connecting
@@ -363,6 +422,11 @@ class ConnectionPool:
             endpoint = endpoints.wrapClientTLS(context, endpoint)
         factory = _Factory(self, destination, state)
         d = endpoint.connect(factory)
+        state.attempts.add(d)
+
+        def done(result):
+            state.attempts.discard(d)
+            return result
 
         def failed(reason):
             if factory.built:
@@ -371,6 +435,7 @@ class ConnectionPool:
             self.count -= 1
             self._failed(state, (0, f"{destination}: {reason.getErrorMessage()}"))
 
+        d.addBoth(done)
         d.addErrback(failed)
 
     def _failed(self, state, why):
@@ -387,6 +452,9 @@ class ConnectionPool:
         if not client.ready:
             # Greeting, EHLO, TLS or AUTH failed: the next host may do better.
             code, text = client.error
+            if client.tls_started and client.destination.tls == "may":
+                self.plaintext_until[client.destination.key] = self.clock.seconds() + 3600
+                text = f"STARTTLS failed ({text}); plaintext for the next hour"
             prefix = f"{code} " if code else ""
             self._failed(state, (0, f"{client.destination}: {prefix}{text}"))
         else:
@@ -415,6 +483,8 @@ class ConnectionPool:
                 state.pending.popleft()[1].finish((0, "4.3.2 mail system shutting down"))
             for client in list(state.connections):
                 client.transport.abortConnection()
+            for attempt in list(state.attempts):
+                attempt.cancel()
         if self.count == 0:
             return defer.succeed(None)
         d = defer.Deferred()

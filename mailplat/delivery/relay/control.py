@@ -1,5 +1,6 @@
 """
-`mailplat queue ...` while the server runs, and without it.
+`mailplat queue ...` while the server runs, and without it: both ends of
+the control-file protocol.
 
 The running queue holds an exclusive lock on <state_dir>/queue/lock. When
 the lock is held, a command is a file <state_dir>/queue/control/<id>.cmd
@@ -16,6 +17,49 @@ import secrets
 import time
 
 from mailplat.delivery.relay.spool import PENDING, Spool
+
+
+def run_commands(directory, actions):
+    """
+    The server's end: run each waiting command with `actions[name](id)`
+    (a KeyError means no such message), answer it, remove it.
+    @return: [(command file name, message)].
+    """
+    try:
+        listing = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    names = sorted(n for n in listing if n.endswith(".cmd"))
+    for name in listing:
+        # Answers nobody collected (the CLI gave up waiting).
+        path = os.path.join(directory, name)
+        if name.endswith(".done") and os.path.getmtime(path) < time.time() - 300:
+            os.unlink(path)
+    done = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                command = json.load(f)
+            action = actions.get(command.get("action"))
+            if action is None:
+                answer = {"ok": False, "message": f"unknown action {command.get('action')!r}"}
+            else:
+                answer = {"ok": True, "message": action(command.get("id") or "")}
+        except KeyError as e:
+            answer = {"ok": False, "message": f"no such message in the queue: {e.args[0]}"}
+        except (OSError, ValueError) as e:
+            answer = {"ok": False, "message": f"bad command file: {e}"}
+        tmp = path[: -len(".cmd")] + ".done.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(answer, f)
+        os.rename(tmp, path[: -len(".cmd")] + ".done")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        done.append((name, answer["message"]))
+    return done
 
 
 class QueueControl:

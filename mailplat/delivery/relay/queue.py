@@ -10,7 +10,6 @@ L{mailplat.delivery.relay.control}).
 """
 
 import fcntl
-import json
 import os
 import time
 
@@ -19,9 +18,9 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.delivery.relay import dsn
+from mailplat.delivery.relay import control, dsn
 from mailplat.delivery.relay.client import Job
-from mailplat.delivery.relay.spool import BOUNCED, DEFERRED, PENDING, QUEUED, SENT, Spool, new_record
+from mailplat.delivery.relay.spool import BOUNCED, DEFERRED, PENDING, SENT, Spool, new_record
 from mailplat.interfaces import Envelope, IMessageSource, IRelayQueue, PermanentFailure, TemporaryFailure
 from mailplat.store.source import BytesSource
 
@@ -29,7 +28,10 @@ log = Logger()
 
 # New messages are dispatched together, a moment after they arrive: one pass
 # for a burst, and a window in which `cancel` finds them untouched.
-KICK_DELAY = 0.02
+KICK_DELAY = 0.01
+
+# RFC 5321 6.3: a message with this many Received: fields is in a loop.
+MAX_HOPS = 100
 
 
 class RetryPolicy:
@@ -107,6 +109,7 @@ class RelayQueue(service.Service):
         self._kick_call = None
         self._loop = None
         self._lock_fd = None
+        self._lock_warned = False
         self._attempts = set()  # Deferreds of running attempts
         self._on_stop = list(on_stop)
 
@@ -177,7 +180,9 @@ class RelayQueue(service.Service):
     def _tick(self):
         if self._lock_fd is None:
             if not self._take_lock():
-                log.warn("relay queue: {path} is locked by another process; waiting", path=self.spool.lock_path)
+                if not self._lock_warned:
+                    log.warn("relay queue: {path} is locked by another process; waiting", path=self.spool.lock_path)
+                    self._lock_warned = True
                 return
             self._load()
         self._poll_control()
@@ -242,6 +247,13 @@ class RelayQueue(service.Service):
         entry.busy = True
         now = time.time()
         due = entry.due(now)
+        if entry.record.get("hops", 0) > MAX_HOPS:
+            results = {r["address"]: (554, f"5.4.6 mail loop: {entry.record['hops']} Received: fields", "") for r in due}
+            for address, (code, text, _) in results.items():
+                self._log_attempt(entry, address, "", code, text)
+            d = self._settle(entry, results)
+            d.addBoth(self._attempt_done, entry)
+            return d
         by_domain = {}
         for r in due:
             by_domain.setdefault(_domain(r["address"]), []).append(r["address"])
@@ -359,6 +371,7 @@ class RelayQueue(service.Service):
                 continue  # cut short by shutdown: not a failed attempt
             r["attempts"] += 1
             r["destination"] = where
+            r["code"], r["reply"] = code, text
             r["error"] = "" if 200 <= code < 300 else (f"{code} {text}" if code else text)
             if 200 <= code < 300:
                 r["state"] = SENT
@@ -428,7 +441,7 @@ class RelayQueue(service.Service):
         if not late:
             return
         record["warned"] = True
-        failed = [(r["address"], 0, r["error"] or "4.4.1 not delivered yet", r["destination"]) for r in late]
+        failed = [(r["address"], r.get("code", 0), r.get("reply") or "4.4.1 not delivered yet", r["destination"]) for r in late]
         self._send_dsn(entry, failed, delayed=True).addCallback(lambda _: self._write(entry, self.spool.save, record))
 
     # --- operator actions ------------------------------------------------------------
@@ -476,37 +489,7 @@ class RelayQueue(service.Service):
         yield self._forget(entry)
 
     def _poll_control(self):
-        """Commands from `mailplat queue` (see control.py): run each, write its answer."""
-        try:
-            names = sorted(n for n in os.listdir(self.spool.control) if n.endswith(".cmd"))
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.spool.control, name)
-            try:
-                with open(path, encoding="utf-8") as f:
-                    command = json.load(f)
-                action = command.get("action")
-                if action == "flush":
-                    answer = {"ok": True, "message": self.flush()}
-                elif action in ("delete", "bounce"):
-                    answer = {"ok": True, "message": getattr(self, action)(command.get("id", ""))}
-                else:
-                    answer = {"ok": False, "message": f"unknown action {action!r}"}
-            except KeyError as e:
-                answer = {"ok": False, "message": f"no such message in the queue: {e.args[0]}"}
-            except (OSError, ValueError) as e:
-                answer = {"ok": False, "message": f"bad command file: {e}"}
-            log.info("relay queue: control {name}: {message}", name=name, message=answer["message"])
-            _write_answer(path[: -len(".cmd")] + ".done", answer)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-
-def _write_answer(path, answer):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(answer, f)
-    os.rename(tmp, path)
+        """Commands from `mailplat queue` (see control.py)."""
+        actions = {"flush": lambda _: self.flush(), "delete": self.delete, "bounce": self.bounce}
+        for name, message in control.run_commands(self.spool.control, actions):
+            log.info("relay queue: control {name}: {message}", name=name, message=message)

@@ -159,9 +159,11 @@ class Router:
         domain = domain.lower().rstrip(".")
         fixed = self.routes.get(domain) or self.smarthost
         if fixed is not None:
-            addresses = yield self.addresses(fixed.host)
+            # A configured host that doesn't resolve is the operator's to fix:
+            # the mail waits (4.4.3) rather than bouncing.
+            addresses = yield self.addresses(fixed.host, trouble=[])
             if not addresses:
-                raise TemporaryFailure(f"{fixed.host}: no address records", "4.4.3")
+                raise TemporaryFailure(f"{fixed.host}: no address for the configured route", "4.4.3")
             return [
                 Destination(fixed.host, a, fixed.port, fixed.tls, fixed.verify, fixed.auth) for a in addresses
             ]

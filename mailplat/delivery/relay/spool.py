@@ -15,6 +15,7 @@ Every function here blocks: callers run them in a thread.
 
 import json
 import os
+import re
 import secrets
 import time
 
@@ -22,6 +23,13 @@ QUEUED, DEFERRED, SENT, BOUNCED = "queued", "deferred", "sent", "bounced"
 PENDING = (QUEUED, DEFERRED)
 
 COPY_CHUNK = 256 * 1024
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.I | re.M)
+
+
+def count_hops(head):
+    """Received: fields in the header section of `head` (RFC 5321 6.3 loop detection)."""
+    end = head.find(b"\n\n")
+    return len(_RECEIVED.findall(head if end < 0 else head[: end + 1]))
 
 
 def new_id():
@@ -59,24 +67,27 @@ class Spool:
     def create(self, record, source):
         """
         Store a new message and its record durably. Fills in the record's
-        size, crlf_size (as SIZE counts it, RFC 1870) and eight_bit.
+        size, crlf_size (as SIZE counts it, RFC 1870), eight_bit and hops.
         """
         queue_id = record["id"]
         size = lines = 0
         eight_bit = False
+        head = b""
         with source.open() as src, open(self.eml(queue_id), "wb") as out:
             while True:
                 chunk = src.read(COPY_CHUNK)
                 if not chunk:
                     break
                 out.write(chunk)
+                if size < 64 * 1024:
+                    head += chunk[: 64 * 1024]
                 size += len(chunk)
                 lines += chunk.count(b"\n")
                 if not eight_bit and not chunk.isascii():
                     eight_bit = True
             out.flush()
             os.fsync(out.fileno())
-        record.update(size=size, crlf_size=size + lines, eight_bit=eight_bit)
+        record.update(size=size, crlf_size=size + lines, eight_bit=eight_bit, hops=count_hops(head))
         self._write_state(record, sync_dir=True)
         return record
 

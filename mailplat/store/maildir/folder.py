@@ -34,19 +34,30 @@ class MaildirMessage:
 
 
 def _crlf_size(path):
-    """Size with CRLF line ends, for files without a W= field (read once)."""
+    """
+    Size with CRLF line ends, for files without a W= field (read once).
+    A message whose last line has no line end is sent by POP3 with one
+    added (RFC 1939 3: the multi-line response ends CRLF "." CRLF), so
+    LIST counts it too.
+    """
     with open(path, "rb") as f:
         data = f.read()
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if data and not data.endswith(b"\n"):
+        size += 2
+    return size
 
 
 @implementer(IFolder)
 class MaildirFolder:
     """A maildir folder (INBOX is the maildir root, others `.Name`)."""
 
-    def __init__(self, path, name="INBOX"):
+    def __init__(self, path, name="INBOX", changed=None):
         self.path = path
         self.name = name
+        # Called (reactor thread) after we removed or flagged messages, so
+        # the store can tell IMAP sessions at once.
+        self._changed = changed
         self._vsizes = {}  # key -> CRLF size, for names without W=
         self._paths = {}  # key -> path at the last scan
 
@@ -157,7 +168,12 @@ class MaildirFolder:
         return threads.deferToThread(find)
 
     def remove(self, keys):
-        return threads.deferToThread(self.remove_now, list(keys))
+        return threads.deferToThread(self.remove_now, list(keys)).addCallback(self._notify)
+
+    def _notify(self, result):
+        if self._changed is not None:
+            self._changed()
+        return result
 
     def add_flags(self, keys, flags):
         """Add flags to messages (POP3 marks retrieved mail \\Seen, as Dovecot does)."""
@@ -170,4 +186,4 @@ class MaildirFolder:
                 _, info = names.split_info(os.path.basename(path))
                 self.set_flags_now(key, names.flags_from_info(info) | set(flags))
 
-        return threads.deferToThread(run)
+        return threads.deferToThread(run).addCallback(self._notify)

@@ -17,6 +17,7 @@ Blocking; run in a thread.
 
 import json
 import os
+import threading
 
 from twisted.logger import Logger
 
@@ -50,7 +51,7 @@ def save_index(folder_path, data):
 
 def _replace(path, payload):
     # No fsync: the file is a cache; a torn one fails to parse and is rebuilt.
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
             f.write(payload)

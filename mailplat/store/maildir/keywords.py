@@ -48,6 +48,7 @@ class Keywords:
         self.relocate(folder_path)
         self.names = {}  # index -> name
         self.stamp = None
+        self._memo = {}  # info letters -> flags: a folder has few distinct ones
 
     def relocate(self, folder_path):
         self.folder_path = folder_path
@@ -59,6 +60,8 @@ class Keywords:
             st = os.stat(self.path)
         except FileNotFoundError:
             self.stamp = None
+            if self.names:
+                self._memo = {}
             self.names = {}
             return
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -73,6 +76,8 @@ class Keywords:
                         found[int(index)] = name
         except FileNotFoundError:
             pass
+        if found != self.names:
+            self._memo = {}
         self.names = found
         self.stamp = stamp
 
@@ -85,6 +90,12 @@ class Keywords:
 
     def flags_from_info(self, info):
         """Info letters -> frozenset of system flags and keywords."""
+        flags = self._memo.get(info)
+        if flags is None:
+            flags = self._memo[info] = self._flags_from_info(info)
+        return flags
+
+    def _flags_from_info(self, info):
         flags = set(names.flags_from_info(info))
         for c in info:
             if "a" <= c <= "z":
@@ -118,6 +129,7 @@ class Keywords:
             self.names[free[0]] = name
             changed = True
         if changed:
+            self._memo = {}
             self._write()
         return overflow
 

@@ -25,8 +25,18 @@ def is_inbox(name):
 
 
 def canonical(name):
-    """'inbox' -> 'INBOX'; other names are kept as they are."""
-    return INBOX if is_inbox(name) else name
+    """'inbox' -> 'INBOX', 'inbox.x' -> 'INBOX.x' (as Dovecot does);
+    other names are kept as they are."""
+    if is_inbox(name):
+        return INBOX
+    if name[: len(INBOX) + 1].upper() == INBOX + SEPARATOR:
+        return INBOX + name[len(INBOX) :]
+    return name
+
+
+def root_of(path, name):
+    """The account root of a folder directory."""
+    return path if is_inbox(name) else os.path.dirname(path)
 
 
 def check_name(name):

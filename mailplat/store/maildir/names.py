@@ -10,6 +10,7 @@ IMAP report), so listing a folder need not open the messages.
 
 import itertools
 import os
+import re
 import socket
 import time
 
@@ -85,9 +86,23 @@ def info_from_flags(flags, keep=""):
 
 
 def sort_key(key):
-    """Arrival order: by the seconds prefix, then the rest of the name."""
+    """
+    Arrival order: by the seconds prefix, then the rest of the name with its
+    numbers compared as numbers, so that M95000 (microseconds) comes before
+    M100000 and Q9 (the delivery counter) before Q10.
+    """
     head, _, rest = key.partition(".")
     try:
-        return (int(head), rest)
+        return (int(head), _natural(rest))
     except ValueError:
-        return (0, key)
+        return (0, _natural(key))
+
+
+def _natural(text):
+    # re.split with a group alternates text and digits: str, int, str, ...
+    # so two keys always compare like with like.
+    parts = _DIGITS.split(text)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+_DIGITS = re.compile(r"(\d+)")

@@ -3,16 +3,31 @@ MaildirStore: one maildir per user at a path made from a template
 (`%d` domain, `%n` local part, `%u` whole address, as Dovecot's
 mail_location), INBOX at its root and folders as Maildir++ `.Name`
 subdirectories.
+
+For IMAP it keeps one L{MaildirMailFolder} per folder directory in the
+process (a weak registry), so every session and every delivery talk to the
+same object; while a folder has subscribers a single poller stats its
+new/, cur/ and uidlist about once a second and syncs what changed.
 """
 
 import os
+import weakref
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.interfaces import IMailStore, PermanentFailure
-from mailplat.store.maildir.deliver import write_message
+from mailplat.interfaces import IFolderStore, PermanentFailure
+from mailplat.store.maildir import layout
+from mailplat.store.maildir.account import MaildirAccount, set_up
+from mailplat.store.maildir.deliver import ensure_maildir, write_message
 from mailplat.store.maildir.folder import MaildirFolder
+from mailplat.store.maildir.mailfolder import MaildirMailFolder
+
+log = Logger()
+
+# Folders checked in the reactor thread per poll; more go to a thread.
+INLINE_CHECKS = 64
 
 
 def expand(template, address):
@@ -40,20 +55,28 @@ def expand(template, address):
 
 def folder_dir(root, name):
     """Maildir++ layout: INBOX is the root, `Sent` is `.Sent`, `A/B` is `.A.B`."""
-    if name.upper() == "INBOX":
-        return root
-    return os.path.join(root, "." + name.replace("/", "."))
+    return layout.folder_path(root, name.replace("/", layout.SEPARATOR))
 
 
-@implementer(IMailStore)
+@implementer(IFolderStore)
 class MaildirStore:
     """Users' mail in maildirs under a path template."""
 
-    def __init__(self, path_template):
+    def __init__(self, path_template, poll_interval=1.0, clock=None):
         self.path_template = path_template
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._folders = weakref.WeakValueDictionary()  # folder path -> MaildirMailFolder
+        self._opening = {}  # folder path -> Deferred of the first sync
+        self._watched = set()  # folders with subscribers (strong refs)
+        self._poller = None
+        self._set_up = set()  # roots whose special-use folders exist
+        self._root_locks = weakref.WeakValueDictionary()
 
     def user_root(self, address):
         return expand(self.path_template, address)
+
+    # --- IMailStore --------------------------------------------------------------
 
     def deliver(self, address, source, folder=None):
         try:
@@ -67,12 +90,162 @@ class MaildirStore:
                 candidate = folder_dir(root, folder)
                 if os.path.isdir(os.path.join(candidate, "cur")):
                     target = candidate
-            return write_message(target, source)
+            return target, write_message(target, source)
 
-        return threads.deferToThread(run)
+        def published(result):
+            target, key = result
+            # IMAP sessions on this folder hear of it now, not at the next poll.
+            self._changed(target, key)
+            return key
+
+        return threads.deferToThread(run).addCallback(published)
 
     def inbox(self, address):
         try:
-            return defer.succeed(MaildirFolder(self.user_root(address), "INBOX"))
+            root = self.user_root(address)
         except PermanentFailure:
             return defer.fail()
+        return defer.succeed(MaildirFolder(root, "INBOX", changed=lambda: self._changed(root)))
+
+    # --- IFolderStore ----------------------------------------------------------------
+
+    def account(self, address):
+        try:
+            root = self.user_root(address)
+        except PermanentFailure:
+            return defer.fail()
+        if root in self._set_up:
+            return defer.succeed(MaildirAccount(self, address, root))
+
+        def ready(_):
+            self._set_up.add(root)
+            return MaildirAccount(self, address, root)
+
+        return self._root_lock(root).run(threads.deferToThread, set_up, root).addCallback(ready)
+
+    # --- the folder registry ----------------------------------------------------------
+
+    def _open_folder(self, path, name):
+        """The one folder object for `path`, synced once; KeyError if absent."""
+        existing = self._folders.get(path)
+        if existing is not None and existing._loaded and not existing._gone:
+            # Cheap when nothing changed (three stats); a folder nobody
+            # watches may have changed since it was last looked at.
+            return existing.sync().addCallback(lambda _: existing)
+        if path in self._opening:
+            waiter = defer.Deferred()
+            self._opening[path].append(waiter)
+            return waiter
+        self._opening[path] = waiters = []
+
+        def exists():
+            if layout.is_inbox(name):
+                ensure_maildir(path)
+                return True
+            if not os.path.isdir(path):
+                return False
+            ensure_maildir(path)
+            return True
+
+        def made(found):
+            if not found:
+                raise KeyError(name)
+            folder = self._folders.get(path)
+            if folder is None or folder._gone:
+                folder = MaildirMailFolder(self, path, name)
+                self._folders[path] = folder
+            return folder.sync().addCallback(lambda _: folder)
+
+        def done(result):
+            self._opening.pop(path, None)
+            for waiter in waiters:
+                waiter.callback(result)
+            return result
+
+        return threads.deferToThread(exists).addCallback(made).addBoth(done)
+
+    def _open_paths(self):
+        return list(self._folders.keys())
+
+    def _changed(self, path, delivered=None):
+        """Something of ours wrote into `path`: sync its folder if open."""
+        folder = self._folders.get(path)
+        if folder is not None and folder._loaded and not folder._gone:
+            d = folder.delivered(delivered) if delivered else folder.sync()
+            d.addErrback(lambda f: log.failure("syncing {path}", f, path=path))
+
+    def _root_lock(self, root):
+        lock = self._root_locks.get(root)
+        if lock is None:
+            lock = self._root_locks[root] = defer.DeferredLock()
+        return lock
+
+    def _with_folder_locks(self, paths, f):
+        """Run `f` holding the locks of the open folders among `paths`."""
+        folders = sorted(
+            {id(x): x for x in (self._folders.get(p) for p in paths) if x is not None}.values(), key=lambda x: x.path
+        )
+
+        def step(i):
+            if i == len(folders):
+                return defer.maybeDeferred(f)
+            return folders[i]._lock.run(step, i + 1)
+
+        return step(0)
+
+    def _forget_folder(self, path):
+        folder = self._folders.pop(path, None)
+        if folder is not None:
+            self._unwatch(folder)
+            folder._forget()
+
+    def _relocate_folders(self, moves):
+        """After a rename: the open folder objects follow their directories."""
+        found = [(self._folders.pop(source, None), target, name) for source, target, name in moves]
+        for folder, target, name in found:
+            if folder is not None:
+                folder._relocate(target, name)
+                self._folders[target] = folder
+
+    # --- watching the disk -------------------------------------------------------------
+
+    def _watch(self, folder):
+        self._watched.add(folder)
+        if self._poller is None:
+            self._poller = task.LoopingCall(self._poll)
+            if self._clock is not None:
+                self._poller.clock = self._clock
+            self._poller.start(self.poll_interval, now=False).addErrback(
+                lambda f: log.failure("folder poller stopped", f)
+            )
+
+    def _unwatch(self, folder):
+        self._watched.discard(folder)
+        if not self._watched and self._poller is not None:
+            poller, self._poller = self._poller, None
+            if poller.running:
+                poller.stop()
+
+    def _poll(self):
+        """Sync the watched folders that changed on disk (outside writers)."""
+        folders = [f for f in self._watched if not f._gone]
+        if len(folders) <= INLINE_CHECKS:
+            self._sync_changed(folders, [f for f in folders if f.needs_scan()])
+            return None
+        d = threads.deferToThread(lambda: [f for f in folders if f.needs_scan()])
+        d.addCallback(lambda changed: self._sync_changed(folders, changed))
+        d.addErrback(lambda f: log.failure("polling folders", f))
+        return d
+
+    def _sync_changed(self, folders, changed):
+        for folder in changed:
+            folder.sync().addErrback(lambda f, path=folder.path: log.failure("syncing {path}", f, path=path))
+        for folder in folders:
+            if folder.flush_due():
+                folder.flush()
+
+    def close(self):
+        """Stop watching and write every open folder's index (server stop)."""
+        for folder in list(self._watched):
+            self._unwatch(folder)
+        return defer.DeferredList([f.flush() for f in list(self._folders.values())])

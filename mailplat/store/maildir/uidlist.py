@@ -17,6 +17,8 @@ Everything here blocks; callers run it in a thread.
 import errno
 import os
 import time
+import uuid
+from sys import intern
 from contextlib import contextmanager
 
 from mailplat.interfaces import TemporaryFailure
@@ -99,6 +101,35 @@ def dotlock(path, timeout=LOCK_TIMEOUT):
             os.unlink(lock)
         except FileNotFoundError:
             pass
+
+
+# Dovecot keeps one in the account root so that a folder deleted and created
+# again never gets an UIDVALIDITY it had before (RFC 3501 2.3.1.1).
+UIDVALIDITY_FILE = "dovecot-uidvalidity"
+
+
+def next_uidvalidity(root, floor=0):
+    """
+    A new UIDVALIDITY for a folder of the account at `root`: the time, but
+    always above any this account handed out before and above `floor`.
+    The file holds the last value handed out, in hex (as Dovecot's does).
+    """
+    path = os.path.join(root, UIDVALIDITY_FILE)
+    with dotlock(path):
+        try:
+            with open(path, "rb") as f:
+                known = int(f.read().strip() or b"0", 16)
+        except (FileNotFoundError, ValueError):
+            known = 0
+        value = max(int(time.time()), known + 1, floor + 1) & 0xFFFFFFFF or 1
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(b"%08x" % value)
+            os.rename(tmp, path)
+        except OSError as e:
+            raise _failure(path, e)
+    return value
 
 
 def _stamp(st):
@@ -212,7 +243,7 @@ class UidList:
                 filename = rest[colon + 1 :]  # version 3: extensions, then :filename
             else:
                 filename = rest.rsplit(" ", 1)[-1]  # version 1/2
-            key = names.split_info(filename)[0]
+            key = intern(filename.partition(":")[0])
             if not key:
                 continue
             uid = int(uid_text)
@@ -234,6 +265,8 @@ class UidList:
         """Write a fresh file: header and `entries` [(uid, key)]."""
         entries = sorted(entries)
         self.uidvalidity = uidvalidity
+        # Dovecot's header carries the folder's 128-bit GUID.
+        self.header = {"G": uuid.uuid4().hex}
         self.uids = {key: uid for uid, key in entries}
         self.nextuid = max([nextuid] + [uid + 1 for uid, _ in entries[-1:]])
         self._rewrite(entries)

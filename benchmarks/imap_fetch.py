@@ -1,0 +1,292 @@
+"""
+IMAP SELECT and FETCH on a large folder, cold and warm.
+
+Fills a user's INBOX with N maildir files (as another program would),
+starts `twistd -n mailplat`, and times over one IMAP connection:
+
+    SELECT INBOX
+    FETCH 1:* (UID FLAGS RFC822.SIZE)
+    FETCH 1:* (ENVELOPE)
+
+three times: cold (first session after the files appeared: UIDs to
+assign, every envelope to compute), warm (a second session in the same
+process), and after a restart (what the on-disk index and cache keep).
+
+    python benchmarks/imap_fetch.py                  # 20000 messages
+    python benchmarks/imap_fetch.py --messages 5000
+
+With --idle N it measures idle sessions instead: N clients log in over
+implicit TLS, SELECT INBOX and IDLE; it prints the server's RSS before and
+after, then delivers one message by SMTP and times until every client has
+been told EXISTS.
+
+    python benchmarks/imap_fetch.py --idle 1000
+"""
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIG = """
+[server]
+hostname = "bench.example.test"
+state_dir = "{state}"
+
+[domains]
+local = ["example.test"]
+
+[listen]
+imap = "tcp:port={port}:interface=127.0.0.1"
+imaps = "tcp:port={tls_port}:interface=127.0.0.1"
+smtp = "tcp:port={smtp_port}:interface=127.0.0.1"
+
+[limits]
+connections_per_ip = 100000
+
+[tls]
+allow_plaintext_auth = true
+
+[realm]
+backend = "passwd-file"
+path = "{state}/users"
+
+[store]
+backend = "maildir"
+path = "{state}/mail/%d/%n"
+
+[delivery]
+local = "maildir"
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fill(maildir, count, seed=1):
+    """Write `count` messages straight into new/ and cur/, as an outside program would."""
+    rng = random.Random(seed)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    base = 1_700_000_000
+    for i in range(count):
+        body = ("lorem ipsum dolor sit amet " * rng.randint(10, 120) + "\n") * 3
+        data = (
+            f"Return-Path: <sender{i % 97}@example.org>\n"
+            f"Received: from relay.example.org by bench.example.test; Mon, 1 Jan 2024 00:00:00 +0000\n"
+            f"From: Sender {i % 97} <sender{i % 97}@example.org>\n"
+            f"To: User <user@example.test>\n"
+            f"Cc: list{i % 7}@lists.example.org\n"
+            f"Subject: benchmark message number {i}\n"
+            f"Date: Mon, 1 Jan 2024 00:00:00 +0000\n"
+            f"Message-ID: <{i}.bench@example.org>\n"
+            f"Content-Type: text/plain; charset=utf-8\n\n{body}"
+        ).encode()
+        vsize = len(data) + data.count(b"\n")
+        key = f"{base + i}.M{i}P1Q1.bench,S={len(data)},W={vsize}"
+        if i % 3:
+            path = os.path.join(maildir, "cur", key + ":2,S")
+        else:
+            path = os.path.join(maildir, "new", key)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+class Client:
+    """A minimal IMAP client: sends a command, reads to its tagged answer."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=600)
+        self.file = self.sock.makefile("rb", buffering=1 << 20)
+        self.file.readline()
+        self.n = 0
+
+    def command(self, text):
+        self.n += 1
+        tag = b"b%d" % self.n
+        self.sock.sendall(tag + b" " + text + b"\r\n")
+        count = 0
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            while line.endswith(b"}\r\n"):  # a literal follows
+                size = int(line[line.rindex(b"{") + 1 : -3])
+                self.file.read(size)
+                line = self.file.readline()
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(line.decode(errors="replace"))
+                return count
+            count += 1
+
+
+def run_round(port, label):
+    c = Client(port)
+    c.command(b"LOGIN user@example.test pw")
+    out = []
+    for text in (b"SELECT INBOX", b"FETCH 1:* (UID FLAGS RFC822.SIZE)", b"FETCH 1:* (ENVELOPE)"):
+        start = time.perf_counter()
+        lines = c.command(text)
+        out.append((text.decode(), time.perf_counter() - start, lines))
+    c.command(b"LOGOUT")
+    print(f"{label}:")
+    for text, seconds, lines in out:
+        print(f"  {text:36s} {seconds * 1000:9.1f} ms  ({lines} untagged lines)")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_server(workdir, config, port):
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "--logfile", os.path.join(workdir, "server.log"), "mailplat", "--config", config],
+        cwd=workdir,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                sys.exit("server did not start; see " + os.path.join(workdir, "server.log"))
+            time.sleep(0.1)
+
+
+def stop_server(server):
+    server.send_signal(2)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+async def idle_client(port, context, ready, told):
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    await reader.readline()
+    for command in (b"a LOGIN user@example.test pw\r\n", b"b SELECT INBOX\r\n"):
+        writer.write(command)
+        tag = command[:1]
+        while not (await reader.readline()).startswith(tag + b" "):
+            pass
+    writer.write(b"c IDLE\r\n")
+    await reader.readline()  # + idling
+    ready()
+    while True:
+        line = await reader.readline()
+        if not line or line.endswith(b"EXISTS\r\n"):
+            break
+    told()
+    writer.close()
+
+
+def run_idle(count, ports, pid):
+    import asyncio
+    import smtplib
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    state = {"ready": 0, "told": 0, "last": 0.0}
+    all_ready = None
+
+    async def main():
+        nonlocal all_ready
+        all_ready = asyncio.Event()
+
+        def ready():
+            state["ready"] += 1
+            if state["ready"] == count:
+                all_ready.set()
+
+        def told():
+            state["told"] += 1
+            state["last"] = time.perf_counter()
+
+        before = rss_mb(pid)
+        start = time.perf_counter()
+        tasks = []
+        for i in range(count):
+            tasks.append(asyncio.ensure_future(idle_client(ports["imaps"], context, ready, told)))
+            if i % 200 == 199:
+                await asyncio.sleep(0.05)  # don't flood the listen backlog
+        await all_ready.wait()
+        print(f"{count} sessions in IDLE after {time.perf_counter() - start:.1f} s")
+        print(f"server RSS {before:.1f} MB before, {rss_mb(pid):.1f} MB with {count} idle TLS sessions "
+              f"({(rss_mb(pid) - before) * 1024 / count:.1f} KB each)")
+        sent = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, send_one, ports["smtp"])
+        await asyncio.gather(*tasks)
+        print(f"new message pushed to all {count} sessions {(state['last'] - sent) * 1000:.0f} ms after SMTP DATA began")
+
+    def send_one(port):
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s.sendmail("bench@example.org", ["user@example.test"], b"Subject: ping\r\n\r\nhi\r\n")
+
+    asyncio.run(main())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--idle", type=int, metavar="N", help="measure N idle TLS sessions instead")
+    args = ap.parse_args()
+    if args.idle:
+        args.messages = 10
+
+    workdir = tempfile.mkdtemp(prefix="mailplat-bench-")
+    state = os.path.join(workdir, "var")
+    os.makedirs(state)
+    with open(os.path.join(state, "users"), "w") as f:
+        f.write("user@example.test:{PLAIN}pw\n")
+    port = free_port()
+    ports = {"imaps": free_port(), "smtp": free_port()}
+    config = os.path.join(workdir, "mailplat.toml")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(state=state, port=port, tls_port=ports["imaps"], smtp_port=ports["smtp"]))
+    try:
+        start = time.perf_counter()
+        fill(os.path.join(state, "mail", "example.test", "user"), args.messages)
+        print(f"wrote {args.messages} messages in {time.perf_counter() - start:.1f} s")
+        server = start_server(workdir, config, port)
+        if args.idle:
+            try:
+                run_idle(args.idle, ports, server.pid)
+            finally:
+                stop_server(server)
+            return
+        try:
+            run_round(port, "cold (first session)")
+            run_round(port, "warm (same process)")
+            print(f"server RSS {rss_mb(server.pid):.1f} MB")
+        finally:
+            stop_server(server)
+        server = start_server(workdir, config, port)
+        try:
+            run_round(port, "after restart (on-disk index)")
+        finally:
+            stop_server(server)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""
+One user's mbox folders as IMAP sees them (L{IMailAccount}), laid out as
+Dovecot's mbox driver and mutt keep them:
+
+- `<root>/INBOX` (or the file the `inbox` key names, e.g. a system spool),
+  other folders are mbox files in the root, `Lists/twisted` is the file
+  `<root>/Lists/twisted`: the hierarchy separator is '/', as Dovecot's mbox
+  default. A directory is a parent that holds no mail (\\Noselect), and a
+  folder that is a file can have no children (Dovecot: "mailbox doesn't
+  allow inferior mailboxes"). Names are modified UTF-7 on disk (RFC 3501
+  5.1.3), as Dovecot writes them.
+- files and directories starting with '.' are not folders: `.imap/` holds
+  the indexes (Dovecot's place for them), `.subscriptions` the
+  subscriptions (Dovecot's mbox file name, one name a line),
+  `.mailplat-special-use` the RFC 6154 attributes (`\\Sent Sent` lines);
+  its presence says the account was set up, so a deleted Trash stays
+  deleted. `*.lock` files are dotlocks, not folders.
+"""
+
+import os
+import shutil
+
+from twisted.internet import defer, threads
+from zope.interface import implementer
+
+from mailplat.interfaces import IMailAccount
+from mailplat.store.maildir.layout import decode, encode
+from mailplat.store.mbox import locking
+
+SEPARATOR = "/"
+INBOX = "INBOX"
+STATE = ".imap"
+SUBSCRIPTIONS = ".subscriptions"
+SPECIAL_USE_FILE = ".mailplat-special-use"
+SPECIAL_USE = (
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+SPECIAL_USE_ATTRIBUTES = {a.lower(): a for _, a in SPECIAL_USE} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
+
+
+def canonical(name):
+    """INBOX is case-insensitive (RFC 3501 5.1)."""
+    return INBOX if name.upper() == INBOX else name
+
+
+def check_name(name):
+    """@raise ValueError: a name that can't be an mbox folder, saying why."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("empty folder name")
+    if name.upper() == INBOX:
+        raise ValueError("INBOX always exists")
+    if name.upper().startswith(INBOX + SEPARATOR):
+        raise ValueError("INBOX is an mbox file and can't have subfolders")
+    if any(c in name for c in "\0\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError(f"folder name has a character a file name can't hold: {name!r}")
+    for part in name.split(SEPARATOR):
+        if not part:
+            raise ValueError(f"folder name has an empty level: {name!r}")
+        if part.startswith(".") or part.endswith(locking.LOCK_SUFFIX):
+            raise ValueError(f"folder name can't start with '.' or end in '.lock': {name!r}")
+    if len(encode(name)) > 250:
+        raise ValueError("folder name too long")
+
+
+def parents(name):
+    parts = name.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def relative(name):
+    return os.path.join(*[encode(p) for p in name.split(SEPARATOR)])
+
+
+def index_dir(root, name):
+    return os.path.join(root, STATE, relative(name))
+
+
+def _write_lines(path, lines):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def _decode(text):
+    try:
+        return decode(text)
+    except ValueError:
+        return text
+
+
+def read_subscriptions(root):
+    """Dovecot's subscriptions (a name a line; version 2: `V\\t2` and tab-separated levels)."""
+    try:
+        with open(os.path.join(root, SUBSCRIPTIONS), "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").split("\n")
+    except FileNotFoundError:
+        return []
+    tabbed = bool(lines) and lines[0].startswith("V\t")
+    out = []
+    for line in lines[1:] if tabbed else lines:
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        name = canonical(_decode(line.replace("\t", SEPARATOR) if tabbed else line))
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def read_special_use(root):
+    """{name: attribute}, or None when the account was never set up."""
+    try:
+        with open(os.path.join(root, SPECIAL_USE_FILE), "rb") as f:
+            text = f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        attribute, _, encoded = line.partition(" ")
+        if attribute and encoded:
+            out[_decode(encoded)] = attribute
+    return out
+
+
+def _update(root, filename, read, write, change):
+    path = os.path.join(root, filename)
+    lock = locking.acquire_dotlock(path)
+    try:
+        value = read(root)
+        new = change(value)
+        if new != value:
+            write(path, new)
+    finally:
+        locking.release_dotlock(lock)
+
+
+def _write_special(path, mapping):
+    _write_lines(path, [f"{a} {encode(n)}" for n, a in sorted(mapping.items())])
+
+
+def _write_subscriptions(path, names):
+    _write_lines(path, [encode(n) for n in names])
+
+
+def make_folder(root, name):
+    """Create an empty mbox file (and parent directories); False if it exists."""
+    path = os.path.join(root, relative(name))
+    parent = os.path.dirname(path)
+    for p in parents(name):
+        if os.path.isfile(os.path.join(root, relative(p))):
+            raise ValueError(f"{p} is an mbox file and can't have subfolders")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    if os.path.isdir(path):
+        raise ValueError(f"{name} exists as a directory of folders")
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def set_up(root, inbox_path):
+    """First use of an account: the root, INBOX and the special-use folders."""
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(inbox_path), exist_ok=True)
+        os.close(os.open(inbox_path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError:
+        pass  # a system spool we may not create: an absent INBOX reads as empty
+    if read_special_use(root) is not None:
+        return
+    path = os.path.join(root, SPECIAL_USE_FILE)
+    lock = locking.acquire_dotlock(path)
+    try:
+        if read_special_use(root) is not None:
+            return
+        mapping = {}
+        for name, attribute in SPECIAL_USE:
+            try:
+                make_folder(root, name)
+                mapping[name] = attribute
+            except ValueError:
+                pass
+        _update(root, SUBSCRIPTIONS, read_subscriptions, _write_subscriptions,
+                lambda s: s + [n for n in [INBOX] + [n for n, _ in SPECIAL_USE] if n not in s])
+        _write_special(path, mapping)
+    finally:
+        locking.release_dotlock(lock)
+
+
+def list_folders(root, inbox_path):
+    """[(name, frozenset of attributes)], INBOX first, then by name."""
+    files, dirs = set(), set()
+    own_inbox = os.path.join(root, INBOX)
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        rel = os.path.relpath(directory, root)
+        prefix = "" if rel == "." else SEPARATOR.join(_decode(p) for p in rel.split(os.sep)) + SEPARATOR
+        for d in subdirs:
+            dirs.add(prefix + _decode(d))
+        for n in names:
+            full = os.path.join(directory, n)
+            if n.startswith(".") or n.endswith(locking.LOCK_SUFFIX) or full == own_inbox:
+                continue
+            files.add(prefix + _decode(n))
+    special = read_special_use(root) or {}
+    has_children = {p for n in files | dirs for p in parents(n)}
+    out = [(INBOX, frozenset({"\\HasNoChildren"}))]
+    for name in sorted(files | dirs):
+        if name.upper() == INBOX:
+            continue
+        attributes = {"\\HasChildren" if name in has_children else "\\HasNoChildren"}
+        if name in dirs:
+            attributes.add("\\Noselect")
+        if name in special:
+            attributes.add(special[name])
+        out.append((name, frozenset(attributes)))
+    return out
+
+
+@implementer(IMailAccount)
+class MboxAccount:
+    """A user's mbox folders; made by L{MboxStore.account}."""
+
+    separator = SEPARATOR
+
+    def __init__(self, store, address, root, inbox_path):
+        self.store = store
+        self.address = address
+        self.root = root
+        self.inbox_path = inbox_path
+
+    def __repr__(self):
+        return f"<MboxAccount {self.address}>"
+
+    def _serial(self, f, *args):
+        return self.store._root_lock(self.root).run(f, *args)
+
+    def path_of(self, name):
+        return self.inbox_path if name == INBOX else os.path.join(self.root, relative(name))
+
+    def folders(self):
+        return threads.deferToThread(list_folders, self.root, self.inbox_path)
+
+    def folder(self, name):
+        name = canonical(name)
+        if name != INBOX:
+            try:
+                check_name(name)
+            except ValueError:
+                return defer.fail(KeyError(name))
+        return self.store._open_folder(self.path_of(name), name, index_dir(self.root, name), self.root)
+
+    def special_use(self):
+        return threads.deferToThread(lambda: read_special_use(self.root) or {})
+
+    def create(self, name, special_use=None):
+        try:
+            check_name(name)
+            attribute = None
+            if special_use is not None:
+                attribute = SPECIAL_USE_ATTRIBUTES.get(special_use.lower())
+                if attribute is None:
+                    raise ValueError(f"unknown special use {special_use!r}")
+        except ValueError:
+            return defer.fail()
+        root = self.root
+
+        def run():
+            if not make_folder(root, name):
+                raise ValueError(f"folder exists: {name}")
+            if attribute:
+                _update(root, SPECIAL_USE_FILE, lambda r: read_special_use(r) or {}, _write_special,
+                        lambda m: dict(m, **{name: attribute}))
+
+        return self._serial(threads.deferToThread, run)
+
+    def delete(self, name):
+        name = canonical(name)
+        if name == INBOX:
+            return defer.fail(ValueError("INBOX can't be deleted"))
+        path = self.path_of(name)
+        root = self.root
+
+        def run():
+            if os.path.isdir(path):
+                # RFC 3501 6.3.4: a \Noselect name with inferiors can't go.
+                if any(not n.startswith(".") for n in os.listdir(path)):
+                    raise ValueError(f"{name} has subfolders")
+                os.rmdir(path)
+            elif os.path.isfile(path):
+                lock = locking.acquire_dotlock(path, self.store.lock_timeout)
+                try:
+                    os.unlink(path)
+                finally:
+                    locking.release_dotlock(lock)
+            else:
+                raise KeyError(name)
+            shutil.rmtree(index_dir(root, name), ignore_errors=True)
+            _update(root, SPECIAL_USE_FILE, lambda r: read_special_use(r) or {}, _write_special,
+                    lambda m: {k: v for k, v in m.items() if k != name})
+
+        def locked():
+            d = self.store._with_folder_lock(path, lambda: threads.deferToThread(run))
+            return d.addCallback(lambda _: self.store._forget_folder(path))
+
+        return self._serial(locked)
+
+    def rename(self, old, new):
+        old = canonical(old)
+        try:
+            check_name(new)
+        except ValueError:
+            return defer.fail()
+        if old == INBOX:
+            return self._serial(self._rename_inbox, new)
+        root = self.root
+        source, target = self.path_of(old), self.path_of(new)
+
+        def run():
+            if not os.path.exists(source):
+                raise KeyError(old)
+            if new == old or new.startswith(old + SEPARATOR):
+                raise ValueError(f"can't rename {old} into itself")
+            if os.path.exists(target):
+                raise ValueError(f"folder exists: {new}")
+            for p in parents(new):
+                if os.path.isfile(os.path.join(root, relative(p))):
+                    raise ValueError(f"{p} is an mbox file and can't have subfolders")
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+            lock = locking.acquire_dotlock(source, self.store.lock_timeout) if os.path.isfile(source) else None
+            try:
+                os.rename(source, target)
+            finally:
+                locking.release_dotlock(lock)
+            old_index, new_index = index_dir(root, old), index_dir(root, new)
+            if os.path.isdir(old_index):
+                os.makedirs(os.path.dirname(new_index), mode=0o700, exist_ok=True)
+                os.rename(old_index, new_index)
+            moves = {old: new}
+            _update(root, SPECIAL_USE_FILE, lambda r: read_special_use(r) or {}, _write_special,
+                    lambda m: {_moved(k, old, new): v for k, v in m.items()})
+            # RFC 3501 6.3.5 leaves subscriptions alone; Dovecot moves them, and so do we.
+            _update(root, SUBSCRIPTIONS, read_subscriptions, _write_subscriptions,
+                    lambda s: [_moved(n, old, new) for n in s])
+            return moves
+
+        def relocate(_):
+            self.store._relocate_folders(source, target, old, new, root)
+
+        def locked():
+            d = self.store._with_folder_lock(source, lambda: threads.deferToThread(run))
+            return d.addCallback(relocate)
+
+        return self._serial(locked)
+
+    @defer.inlineCallbacks
+    def _rename_inbox(self, new):
+        # RFC 3501 6.3.5: the messages move to the new folder; INBOX stays, empty.
+        root = self.root
+
+        def make():
+            if not make_folder(root, new):
+                raise ValueError(f"folder exists: {new}")
+
+        yield threads.deferToThread(make)
+        inbox = yield self.folder(INBOX)
+        target = yield self.folder(new)
+        messages = yield inbox.sync()
+        if messages:
+            yield inbox.move_to([m.uid for m in messages], target)
+
+    def subscriptions(self):
+        return threads.deferToThread(read_subscriptions, self.root)
+
+    def subscribe(self, name):
+        name = canonical(name)
+        return self._serial(threads.deferToThread, _update, self.root, SUBSCRIPTIONS, read_subscriptions,
+                            _write_subscriptions, lambda s: s if name in s else s + [name])
+
+    def unsubscribe(self, name):
+        name = canonical(name)
+        return self._serial(threads.deferToThread, _update, self.root, SUBSCRIPTIONS, read_subscriptions,
+                            _write_subscriptions, lambda s: [n for n in s if n != name])
+
+
+def _moved(name, old, new):
+    if name == old:
+        return new
+    if name.startswith(old + SEPARATOR):
+        return new + name[len(old):]
+    return name

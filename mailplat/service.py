@@ -78,7 +78,13 @@ class ServerService(service.MultiService):
     def stopService(self):
         d = defer.maybeDeferred(service.MultiService.stopService, self)
         d.addBoth(lambda _: defer.DeferredList([defer.maybeDeferred(r.stopService) for r in self.runners]))
+        d.addBoth(lambda _: self._close_store())
         return d
+
+    def _close_store(self):
+        """Stop the store's watchers and write its indexes (when it has any)."""
+        close = getattr(self.backends.store, "close", None)
+        return defer.maybeDeferred(close) if close else None
 
 
 def make_service(config):

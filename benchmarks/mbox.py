@@ -69,17 +69,21 @@ def timed(label, started, extra=""):
 
 
 @defer.inlineCallbacks
-def envelopes(folder):
+def envelopes(folder, batch=200):
+    """What the IMAP layer does for FETCH 1:* ENVELOPE: cached values, else open a batch and parse."""
     computed = 0
-    for info in folder.messages():
-        if folder.cached(info.uid, "envelope") is not None:
+    infos = folder.messages()
+    for start in range(0, len(infos), batch):
+        need = [i.uid for i in infos[start : start + batch] if folder.cached(i.uid, "envelope") is None]
+        if not need:
             continue
-        f = yield folder.open(info.uid)
-        data = f.read()
-        end = data.find(b"\n\n")
-        env = mime.envelope(fetch.parse_message(data[: end + 2] if end >= 0 else data))
-        folder.cache(info.uid, "envelope", env.decode("latin-1"))
-        computed += 1
+        files = yield defer.gatherResults([folder.open(uid) for uid in need])
+        for uid, f in zip(need, files):
+            data = f.read()
+            end = data.find(b"\n\n")
+            env = mime.envelope(fetch.parse_message(data[: end + 2] if end >= 0 else data))
+            folder.cache(uid, "envelope", env.decode("latin-1"))
+            computed += 1
     return computed
 
 
@@ -121,7 +125,7 @@ def run(args):
         timed("SELECT warm (open in this process)", started)
         started = time.perf_counter()
         computed = yield envelopes(folder)
-        timed("FETCH 1:* ENVELOPE cold (each message read)", started, f"{computed} parsed")
+        timed("FETCH 1:* ENVELOPE cold (messages read, 200 a batch)", started, f"{computed} parsed")
         started = time.perf_counter()
         computed = yield envelopes(folder)
         timed("FETCH 1:* ENVELOPE warm (from the cache)", started, f"{computed} parsed")
@@ -136,6 +140,7 @@ def run(args):
         computed = yield envelopes(folder)
         timed("FETCH 1:* ENVELOPE after a restart (cache on disk)", started, f"{computed} parsed")
 
+        session = folder.subscribe(lambda event: None)  # as a selected IMAP session: flag writes wait
         target = folder.messages()[-3].uid
         yield folder.store_flags([target], ["\\Deleted"], "+")
         started = time.perf_counter()
@@ -146,6 +151,7 @@ def run(args):
         started = time.perf_counter()
         removed = yield folder.expunge()
         timed("EXPUNGE of a message in the middle, for comparison", started, f"removed {removed}")
+        session()
         yield store.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -13,9 +13,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mailplat import plugin, tls
 from mailplat.config import TLS_WRAPPED, ConfigError
 from mailplat.delivery.addresses import AddressResolver
-from mailplat.delivery.aliases import AliasesFile
+from mailplat.delivery.aliases import AliasesFile, AliasSources
 from mailplat.delivery.fanout import FanOutDelivery
-from mailplat.interfaces import BackendContext
+from mailplat.interfaces import BackendContext, IAliasSource
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
 
@@ -32,6 +32,9 @@ class Backends:
             self.realm = plugin.build("realm", config.realm["backend"], config.realm, context)
             context.realm = self.realm
             self.aliases = AliasesFile(config.aliases_path)
+            if IAliasSource.providedBy(self.realm):
+                # A realm that keeps aliases (the sql realm) is asked after the file.
+                self.aliases = AliasSources([self.aliases, self.realm])
             self.resolver = AddressResolver(
                 self.realm, self.aliases, config.local_domains, config.recipient_delimiter
             )
@@ -120,6 +123,7 @@ def make_service(config):
             addresses=backends.resolver,
             restrict_sender=config.restrict_sender,
             relay_enabled=relay is not None,
+            checks=backends.checks,
             **shared,
         )
 

@@ -178,3 +178,21 @@ class IMAPFlagsAcrossRestarts(OnMbox, imap.unittest.TestCase):
         flags = yield imap.in_thread(after, second.port("imaps"))
         self.assertEqual(set(flags[1]), {imap.imapclient.SEEN, imap.imapclient.FLAGGED, b"$Work"})
         self.assertEqual(set(flags[2]) - {b"\\Recent"}, set())
+
+
+class POP3OnMboxFiles(MboxFiles, pop3.POP3TestCase):
+    messages = 2
+
+    @pop3.defer.inlineCallbacks
+    def test_retrieved_mail_is_marked_read_in_the_file_and_deleted_mail_is_gone(self):
+        def talk():
+            p = pop3.pop3s(self.server)
+            p.retr(1)
+            p.dele(2)
+            p.quit()
+
+        yield pop3.in_thread(talk)
+        box = mailbox.mbox(self.server.mbox("alice@example.test"))
+        self.addCleanup(box.close)
+        # As Dovecot: mail read over POP3 is \Seen (Status: RO), which mutt shows as read.
+        self.assertEqual([(m["Subject"], m.get_flags()) for m in box], [("message 1", "RO")])

@@ -129,7 +129,7 @@ class OfflineQueueCLI(unittest.TestCase):
         self.spool.ensure()
         record = new_record(Envelope("alice@example.test"), ["bob@example.org", "carol@example.org"])
         record["recipients"][0].update(state="deferred", attempts=2, error="451 4.3.0 try later")
-        self.id = self.spool.create(record, BytesSource(b"Subject: x\n\nx\n"))["id"]
+        self.queue_id = self.spool.create(record, BytesSource(b"Subject: x\n\nx\n"))["id"]
 
     def cli(self, *args):
         done = subprocess.run(
@@ -141,7 +141,7 @@ class OfflineQueueCLI(unittest.TestCase):
     def test_list_shows_each_recipient_with_state_and_last_error(self):
         status, out, err = self.cli("list")
         self.assertEqual(status, 0, err)
-        self.assertIn(self.id, out)
+        self.assertIn(self.queue_id, out)
         self.assertIn("alice@example.test", out)
         self.assertIn("bob@example.org  deferred  attempts=2", out)
         self.assertIn("last error: 451 4.3.0 try later", out)
@@ -149,27 +149,27 @@ class OfflineQueueCLI(unittest.TestCase):
         self.assertIn("1 message(s) in the queue", out)
 
     def test_delete_removes_both_files(self):
-        status, out, err = self.cli("delete", self.id)
+        status, out, err = self.cli("delete", self.queue_id)
         self.assertEqual(status, 0, err)
         self.assertEqual(os.listdir(self.spool.messages), [])
 
     def test_flush_makes_everything_due(self):
         status, out, err = self.cli("flush")
         self.assertEqual(status, 0, err)
-        record = self.spool.read(self.id)
+        record = self.spool.read(self.queue_id)
         self.assertEqual([r["next"] for r in record["recipients"]], [0, 0])
 
     def test_bounce_needs_the_server(self):
-        status, out, err = self.cli("bounce", self.id)
+        status, out, err = self.cli("bounce", self.queue_id)
         self.assertEqual(status, 1)
         self.assertIn("needs the server", err)
-        self.assertIsNotNone(self.spool.read(self.id))
+        self.assertIsNotNone(self.spool.read(self.queue_id))
 
     def test_half_written_enqueue_is_dropped_on_load(self):
         with open(self.spool.eml("00000000000deadbeef"), "wb") as f:
             f.write(b"partial")
         records, problems = self.spool.load()
-        self.assertEqual([r["id"] for r in records], [self.id])
+        self.assertEqual([r["id"] for r in records], [self.queue_id])
         self.assertFalse(os.path.exists(self.spool.eml("00000000000deadbeef")))
-        with open(self.spool.state(self.id)) as f:
+        with open(self.spool.state(self.queue_id)) as f:
             self.assertEqual(json.load(f)["sender"], "alice@example.test")

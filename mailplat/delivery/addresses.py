@@ -89,9 +89,9 @@ class AddressResolver:
                 found.append(Target(user))
             return
         base, tag = self.split_tag(address)
-        targets = self.aliases.targets(address)
+        targets = yield defer.maybeDeferred(self.aliases.targets, address)
         if targets is None and tag:
-            targets = self.aliases.targets(base)
+            targets = yield defer.maybeDeferred(self.aliases.targets, base)
         if targets:
             for target in targets:
                 yield self._expand(target, path + (address,), found, loops)

@@ -7,7 +7,11 @@ logged with its number and skipped.
 
 import os
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailplat.interfaces import IAliasSource
 
 log = Logger()
 
@@ -36,6 +40,7 @@ def parse(text, path):
     return table, problems
 
 
+@implementer(IAliasSource)
 class AliasesFile:
     """The alias table, reloaded when the file's inode, size or mtime change."""
 
@@ -76,3 +81,28 @@ class AliasesFile:
 
     def targets(self, address):
         return self.table().get(address)
+
+
+@implementer(IAliasSource)
+class AliasSources:
+    """
+    Several alias sources asked in order; the first that knows an address
+    answers (the aliases file first, then the sql realm's table). Targets
+    may come back as Deferreds, so the resolver must call
+    `defer.maybeDeferred(aliases.targets, address)`.
+    """
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+
+    @defer.inlineCallbacks
+    def targets(self, address):
+        for source in self.sources:
+            found = yield defer.maybeDeferred(source.targets, address)
+            if found:
+                return found
+        return None
+
+    def problems(self):
+        """The file sources' skipped lines, for `check-config`."""
+        return [p for s in self.sources for p in getattr(s, "problems", lambda: [])()]

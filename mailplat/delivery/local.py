@@ -60,8 +60,10 @@ class LocalTransaction:
         if not self.recipients:
             return defer.fail(PermanentFailure("no valid recipients", "5.5.1", 554))
         prefixed = PrefixedSource(return_path(self.envelope.sender), source)
+        # A check's folder (Junk) wins over a plus tag's.
+        chosen = getattr(self.envelope, "folder", None)
         results = [
-            self.agent.store.deliver(address, prefixed, folder) for address, folder in self.recipients
+            self.agent.store.deliver(address, prefixed, chosen or folder) for address, folder in self.recipients
         ]
         return defer.DeferredList(results, consumeErrors=True).addCallback(self._settle)
 

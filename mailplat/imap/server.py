@@ -33,6 +33,7 @@ from mailplat.imap.messages import MessageCommands
 from mailplat.imap.parser import BadCommand, Reader, literal_announced
 from mailplat.imap.session import AUTH, LOGOUT, SELECTED, UNAUTH
 from mailplat.interfaces import TemporaryFailure
+from mailplat.ordered import still_running
 
 log = Logger()
 
@@ -302,12 +303,12 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
             log.failure("IMAP command failed")
             self.write(b"* BAD [SERVERBUG] internal error\r\n")
             return
-        if isinstance(result, defer.Deferred) and not result.called:
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._internal_error)
+        waiter = still_running(result)
+        if waiter is not None:
             self._busy = True
-            result.addErrback(self._internal_error)
-            result.addBoth(self._resume)
-        elif isinstance(result, defer.Deferred):
-            result.addErrback(self._internal_error)
+            waiter.addCallback(self._resume)
 
     def _internal_error(self, failure):
         log.failure("IMAP command failed", failure)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 
 from mailplat.interfaces import TemporaryFailure
+from mailplat.ordered import still_running
 
 log = Logger()
 
@@ -155,11 +156,13 @@ class MailplatPOP3(pop3.POP3):
                 log.failure("POP3 command failed")
                 self.failResponse(b"[SYS/TEMP] internal error")
                 result = None
-            if isinstance(result, defer.Deferred) and not result.called:
+            if isinstance(result, defer.Deferred):
+                result.addErrback(self._internal_error)
+            waiter = still_running(result)
+            if waiter is not None:
                 self._waiting = True
                 self.setTimeout(None)
-                result.addErrback(self._internal_error)
-                result.addBoth(self._resume)
+                waiter.addCallback(self._resume)
                 return
 
     def _internal_error(self, failure):

@@ -319,28 +319,3 @@ def _check_hash(password_hash):
         passwords.check_scheme(password_hash)
     except passwords.UnknownScheme as e:
         raise PermanentFailure(str(e))
-
-
-@implementer(IAliasSource)
-class AliasSources:
-    """
-    Several alias sources asked in order; the first that knows an address
-    answers (the aliases file first, then the sql realm's table). Targets
-    may come back as Deferreds, so the resolver must call
-    `defer.maybeDeferred(aliases.targets, address)`.
-    """
-
-    def __init__(self, sources):
-        self.sources = list(sources)
-
-    @defer.inlineCallbacks
-    def targets(self, address):
-        for source in self.sources:
-            found = yield defer.maybeDeferred(source.targets, address)
-            if found:
-                return found
-        return None
-
-    def problems(self):
-        """The file sources' skipped lines, for `check-config`."""
-        return [p for s in self.sources for p in getattr(s, "problems", lambda: [])()]

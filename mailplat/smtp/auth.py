@@ -95,6 +95,7 @@ class SMTPAuthMixin:
     def _auth_ok(self, result):
         _, avatar, logout = result
         self._user = avatar
+        self._check_session.authenticated_as = avatar.address
         self.factory.throttle.succeeded(self._peer)
         log.info("SMTP AUTH {user} from {peer}", user=avatar.address, peer=self._peer)
         self.reply(235, "2.7.0", "authentication successful")

@@ -25,6 +25,7 @@ class SMTPFactory(smtp.SMTPFactory):
         addresses=None,
         restrict_sender=True,
         relay_enabled=False,
+        checks=(),
     ):
         smtp.SMTPFactory.__init__(self, portal)
         # Who may send as whom (AddressResolver.owns); None: anyone.
@@ -42,6 +43,8 @@ class SMTPFactory(smtp.SMTPFactory):
         self.throttle = throttle or LoginThrottle.from_limits(limits)
         self.connections = connections or ConnectionLimiter(limits["connections_per_ip"])
         self.allow_plaintext_auth = allow_plaintext_auth
+        # [checks] enabled, in order (mailplat.checks.EnabledCheck).
+        self.checks = list(checks)
 
     def is_local_domain(self, domain):
         return domain in self.local_domains

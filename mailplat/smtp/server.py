@@ -19,6 +19,9 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 
+from mailplat.checks import run_stage
+from mailplat.interfaces import CheckSession
+from mailplat.ordered import still_running
 from mailplat.smtp.auth import SMTPAuthMixin
 from mailplat.smtp.transaction import SMTPTransactionMixin
 
@@ -53,6 +56,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         self._reset_transaction()
         self._peer = ""
         self._counted = False
+        self._check_session = CheckSession()
 
     # --- connection ------------------------------------------------------
 
@@ -75,8 +79,45 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
             self.transport.loseConnection()
             return
         self._counted = True
-        self.reply(220, None, f"{self.factory.hostname} ESMTP mailplat")
         self.setTimeout(self.timeout)
+        self._check_session = CheckSession(self._peer, policy=self.policy, secure=self.secure)
+        # Input waits for the connect checks (none: they answer at once).
+        self._waiting = True
+        d = run_stage(self.factory.checks, "connect", self._check_session)
+        d.addCallback(self._greet)
+        d.addBoth(self._resume)
+
+    def _greet(self, verdict):
+        if self._state == CLOSED:
+            return
+        if verdict.refused:
+            # RFC 5321 3.1: 554 instead of the greeting; a tempfail is 421.
+            code = 554 if verdict.action == verdict.REJECT else 421
+            self.reply(code, verdict.enhanced, f"{self.factory.hostname} {verdict.text}")
+            self._state = CLOSED
+            self.transport.loseConnection()
+            return
+        self.reply(220, None, f"{self.factory.hostname} ESMTP mailplat")
+
+    @staticmethod
+    def _settled(d):
+        """
+        A Deferred that fires when all of `d`'s chain has run. A Deferred
+        whose callback returned an unfired Deferred says `called` but is
+        still waiting; _process must wait for it (pipelined commands).
+        """
+        out = defer.Deferred()
+        d.chainDeferred(out)
+        return out
+
+    def _refused_by_check(self, verdict):
+        """Answer a check's reject/tempfail; True when the command is refused."""
+        if verdict.refused:
+            self.reply(verdict.code, verdict.enhanced, verdict.text)
+            return True
+        if verdict.action == verdict.FOLDER:
+            self._folder = verdict.folder_name
+        return False
 
     def connectionLost(self, reason):
         self.setTimeout(None)
@@ -137,9 +178,10 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
                 result = self._command_from_buffer()
             if result is False:
                 return  # more input needed
-            if isinstance(result, defer.Deferred) and not result.called:
+            waiter = still_running(result)
+            if waiter is not None:
                 self._waiting = True
-                result.addBoth(self._resume)
+                waiter.addCallback(self._resume)
                 return
 
     def _command_from_buffer(self):
@@ -214,6 +256,19 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         if not rest:
             self._error(501, "5.5.4", "EHLO needs a domain or address literal")
             return
+        return self._checked_helo(rest, self._ehlo)
+
+    def _checked_helo(self, rest, answer):
+        d = run_stage(self.factory.checks, "helo", self._check_session, rest.decode("utf-8", "replace"))
+
+        def judged(verdict):
+            if not self._refused_by_check(verdict):
+                self._check_session.helo = rest.decode("utf-8", "replace")
+                answer(rest)
+
+        return self._settled(d.addCallback(judged))
+
+    def _ehlo(self, rest):
         self._helo = (rest, self._peer.encode("ascii", "replace"))
         self._reset_transaction()
         lines = [f"{self.factory.hostname} Hello {rest.decode('ascii', 'replace')} [{self._peer}]"]
@@ -224,6 +279,9 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         if not rest:
             self._error(501, "5.5.4", "HELO needs a domain")
             return
+        return self._checked_helo(rest, self._helo_answer)
+
+    def _helo_answer(self, rest):
         self._helo = (rest, self._peer.encode("ascii", "replace"))
         self._reset_transaction()
         self.reply(250, None, f"{self.factory.hostname} Hello {rest.decode('ascii', 'replace')}")
@@ -260,6 +318,8 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         self.reply(220, "2.0.0", "ready to start TLS")
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
+        self._check_session.secure = True
+        self._check_session.helo = None
         self._helo = (None, self._peer.encode("ascii", "replace"))
         self._reset_transaction()
 

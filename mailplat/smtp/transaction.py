@@ -11,6 +11,7 @@ from email.utils import formatdate
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailplat.checks import run_stage
 from mailplat.interfaces import Envelope, PermanentFailure, TemporaryFailure
 from mailplat.smtp.address import PathError, parse_path, split_path
 from mailplat.smtp.framing import DataReader
@@ -52,6 +53,11 @@ class SMTPTransactionMixin:
         self._bdat_size = 0
         self._bdat_cr = False
         self._bdat_failed = False
+        self._envelope = None
+        self._folder = None  # a check's Verdict.folder for this message
+        session = getattr(self, "_check_session", None)
+        if session is not None:
+            session.sender, session.size_hint, session.recipients = None, None, []
 
     def _protocol_name(self):
         # RFC 3848, and RFC 6531 3.7.3 for SMTPUTF8 (UTF8SMTP...)
@@ -116,6 +122,8 @@ class SMTPTransactionMixin:
             self._error(553, "5.1.7", f"bad sender address: {e}")
             return None
         self._utf8 = utf8
+        size = params.get("SIZE")
+        self._check_session.size_hint = int(size) if size else None
         return self._start(sender)
 
     def _check_mail_param(self, key, value):
@@ -153,15 +161,23 @@ class SMTPTransactionMixin:
                 raise PermanentFailure(
                     f"{self._user.address} may not send as {sender}", "5.7.1", 553
                 )
-            return self.factory.delivery.start(envelope)
+            return run_stage(self.factory.checks, "mail", self._check_session, sender)
+
+        def checked(verdict):
+            if self._refused_by_check(verdict):
+                return None
+            d = defer.maybeDeferred(self.factory.delivery.start, envelope)
+            return d.addCallback(started)
 
         def started(transaction):
             self._transaction = transaction
+            self._envelope = envelope
             self._sender = sender
+            self._check_session.sender = sender
             self._recipients = []
             self.reply(250, "2.1.0", "sender OK")
 
-        return d.addCallback(allowed).addCallbacks(started, self._failed_reply)
+        return self._settled(d.addCallback(allowed).addCallback(checked).addErrback(self._failed_reply))
 
     # --- RCPT ------------------------------------------------------------------
 
@@ -194,13 +210,20 @@ class SMTPTransactionMixin:
             else:
                 self.reply(550, "5.7.1", f"relay to {domain} is not configured on this server")
             return None
-        d = defer.maybeDeferred(self._transaction.add_recipient, address)
+        transaction = self._transaction
+        d = run_stage(self.factory.checks, "rcpt", self._check_session, address)
+
+        def checked(verdict):
+            if self._refused_by_check(verdict):
+                return None
+            return defer.maybeDeferred(transaction.add_recipient, address).addCallback(accepted)
 
         def accepted(_):
             self._recipients.append(address)
+            self._check_session.recipients.append(address)
             self.reply(250, "2.1.5", "recipient OK")
 
-        return d.addCallbacks(accepted, self._failed_reply)
+        return self._settled(d.addCallback(checked).addErrback(self._failed_reply))
 
     def _failed_reply(self, failure):
         if failure.check(PermanentFailure):
@@ -342,10 +365,20 @@ class SMTPTransactionMixin:
         if self.policy != "mx":
             prefix += self._submission_headers(source)
         transaction = self._transaction
-        d = defer.maybeDeferred(transaction.deliver, PrefixedSource(prefix, source))
+        message = PrefixedSource(prefix, source)
 
         def done(_):
             self.reply(250, "2.0.0", "message accepted for delivery")
+
+        def checked(verdict):
+            if self._refused_by_check(verdict):
+                return None
+            if self._folder and self._envelope is not None:
+                self._envelope.folder = self._folder
+            return defer.maybeDeferred(transaction.deliver, message).addCallback(done)
+
+        d = run_stage(self.factory.checks, "data", self._check_session, self._envelope, message)
+        d.addCallback(checked)
 
         def finished(result):
             source.discard()
@@ -353,9 +386,9 @@ class SMTPTransactionMixin:
             self._reset_transaction()
             return result
 
-        d.addCallbacks(done, self._failed_reply)
+        d.addErrback(self._failed_reply)
         d.addBoth(finished)
-        return d
+        return self._settled(d)
 
     def _submission_headers(self, source):
         """RFC 6409 8.2/8.3: a submission server adds Date and Message-ID when missing."""

@@ -18,7 +18,8 @@ Choices, and why:
   file and a rename.
 
 mboxrd.py (the format), locking.py, index.py (sidecar files), folder.py
-(IMailFolder, POP3's IFolder), account.py (IMailAccount), store.py.
+(IMailFolder), maildrop.py (POP3's IFolder), fileio.py (reads, writes,
+the rewrite's copy), account.py (IMailAccount), store.py (IFolderStore).
 """
 
 from mailplat.store.mbox.store import MboxStore

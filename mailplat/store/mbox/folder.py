@@ -1,6 +1,6 @@
 """
-One mbox file as IMAP and POP3 see it (L{IMailFolder}, and L{IFolder}
-through L{MboxPOP3Folder}).
+One mbox file as IMAP sees it (L{IMailFolder}); POP3's view of INBOX is
+maildrop.py over the same object, the blocking file work fileio.py.
 
 Concurrency, as in the maildir store: every operation holds the folder's
 DeferredLock and does its blocking part in the reactor's thread pool on a
@@ -21,7 +21,6 @@ at shutdown, or WRITEBACK_DELAY after the change. When the file changed
 meanwhile, a flag another program changed wins over ours.
 """
 
-import errno
 import io
 import mmap
 import os
@@ -33,13 +32,12 @@ from zope.interface import implementer
 
 from mailplat.interfaces import (
     FolderEvent,
-    IFolder,
     IMailFolder,
     IMessageInfo,
     IStoredMessage,
     TemporaryFailure,
 )
-from mailplat.store.mbox import index, locking, mboxrd
+from mailplat.store.mbox import fileio, index, locking, mboxrd
 
 log = Logger()
 
@@ -47,7 +45,8 @@ INDEX_DELAY = 1.0
 WRITEBACK_DELAY = 30.0
 CACHE_BATCH = 500
 EDGE = 64  # bytes of the file's start and end remembered to tell an append from a rewrite
-CHUNK = 1024 * 1024
+
+RETURN_PATH = object()  # a delivery's sender: the Return-Path on top of the message
 
 # Tests set this to a callable run after each message a rewrite writes.
 _rewrite_hook = None
@@ -124,45 +123,6 @@ def _stamp(st):
     return None if st is None else [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _pread_all(fd, size, offset):
-    out = []
-    while size > 0:
-        data = os.pread(fd, min(size, 64 * CHUNK), offset)
-        if not data:
-            break
-        out.append(data)
-        offset += len(data)
-        size -= len(data)
-    return b"".join(out)
-
-
-def _copy_range(src, dst, count, offset, out_offset):
-    """The kernel copies (copy_file_range: a reflink on btrfs and XFS), else read/write."""
-    while count > 0:
-        try:
-            n = os.copy_file_range(src, dst, min(count, 1 << 30), offset, out_offset)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-            n = 0
-        if n == 0:
-            data = os.pread(src, min(count, 8 * CHUNK), offset)
-            if not data:
-                raise OSError(errno.EIO, "mbox shorter than its index says")
-            n = os.pwrite(dst, data, out_offset)
-        count -= n
-        offset += n
-        out_offset += n
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Work:
     """The folder's state, copied for a blocking step to change; installed by the reactor."""
 
@@ -213,6 +173,8 @@ class MboxFolder:
         self._flags_since = None
         self._sync_waiters = None
         self._appends = []
+        self._reads = []
+        self._flush_queued = False
 
     def __repr__(self):
         return f"<MboxFolder {self.name!r} {self.path}>"
@@ -234,7 +196,7 @@ class MboxFolder:
             return
         self._cache.setdefault(uid, {})[field] = value
         self._cache_pending.append((uid, field, value))
-        if len(self._cache_pending) >= CACHE_BATCH:
+        if len(self._cache_pending) >= CACHE_BATCH and not self._flush_queued:
             self.flush()
 
     def claim_recent(self, uids):
@@ -247,37 +209,57 @@ class MboxFolder:
 
     def open(self, uid):
         """
-        The message as served, read under an fcntl read lock (mutt's and
-        Dovecot's rewriters take fcntl write locks; an appender can't
-        touch a message we know). When the file changed, sync first.
+        The message as served. Opens asked for together (the IMAP layer
+        asks for a batch) are read in one trip to the thread pool, under an
+        fcntl read lock (mutt's and Dovecot's rewriters take fcntl write
+        locks; an appender can't touch a message we know). When the file
+        changed, sync first.
         """
+        d = defer.Deferred()
+        self._reads.append((uid, d))
+        if len(self._reads) == 1:
+            self._lock.run(self._drain_reads)
+        return d
 
-        def run(again):
-            info = self._by_uid.get(uid)
-            if info is None or self._gone:
-                raise KeyError(uid)
-            d = threads.deferToThread(self._read_known, info)
+    def _drain_reads(self):
+        batch, self._reads = self._reads, []
+        if self._gone:
+            for uid, d in batch:
+                d.errback(KeyError(uid))
+            return None
 
-            def read(data):
-                if data is not None:
-                    return io.BytesIO(data)
-                if again:
-                    raise KeyError(uid)
-                return threads.deferToThread(self._sync_work, _Work(self)).addCallback(self._apply).addCallback(
-                    lambda _: run(True)
-                )
+        def read():
+            return threads.deferToThread(self._read_known, [self._by_uid.get(uid) for uid, _ in batch])
 
-            return d.addCallback(read)
+        def answer(found):
+            for (uid, d), data in zip(batch, found):
+                if data is None:
+                    d.errback(KeyError(uid))
+                else:
+                    d.callback(io.BytesIO(data))
 
-        return self._lock.run(run, False)
+        def maybe_stale(found):
+            if found is not None:
+                return answer(found)
+            # The file changed since we looked: catch up, then read again.
+            d = threads.deferToThread(self._sync_work, _Work(self)).addCallback(self._apply)
+            return d.addCallback(lambda _: read()).addCallback(lambda f: answer(f or [None] * len(batch)))
 
-    def _read_known(self, info):
-        """The view of `info`, or None when the file is not as we last saw it."""
+        def failed(f):
+            for _, d in batch:
+                d.errback(f)
+
+        return read().addCallback(maybe_stale).addErrback(failed)
+
+    def _read_known(self, infos):
+        """The views of `infos` (None for one gone), or None when the file is not as we last saw it."""
         try:
             with locking.locked(self.path, write=False, timeout=self.store.lock_timeout, dotlock=False) as fd:
                 if fd is None or _stamp(os.fstat(fd)) != self._stamp:
                     return None
-                return mboxrd.view(_pread_all(fd, info.end - info.offset, info.offset))
+                return [
+                    None if i is None else mboxrd.view(fileio.pread_all(fd, i.end - i.offset, i.offset)) for i in infos
+                ]
         except OSError as e:
             raise TemporaryFailure(f"cannot read mailbox {self.path}: {e.strerror}")
 
@@ -290,7 +272,7 @@ class MboxFolder:
             with locking.locked(self.path, write=False, timeout=self.store.lock_timeout) as fd:
                 self._catch_up(w, fd)
                 for info in sorted((m for m in w.msgs if m.uid in wanted), key=lambda m: m.uid):
-                    region = _pread_all(fd, info.end - info.offset, info.offset)
+                    region = fileio.pread_all(fd, info.end - info.offset, info.offset)
                     sender = region[5 : region.find(b"\n")].split(b" ", 1)[0].decode("ascii", "replace")
                     out.append((info.uid, mboxrd.view(region), sender, info.internaldate, info.flags))
             w.value = out
@@ -627,12 +609,14 @@ class MboxFolder:
         return d.addErrback(lambda f: log.failure("writing the index of {path}", f, path=self.path))
 
     def flush(self):
-        """Write the index and the cache values not yet on disk."""
+        """Write the index (when out of date) and the cache values not yet on disk."""
+        self._flush_queued = True
 
         def run():
+            self._flush_queued = False
             if self._gone or not self._loaded:
                 return None
-            writes = [self._write_index()]
+            writes = [self._write_index()] if self._index_dirty else []
             pending, self._cache_pending = self._cache_pending, []
             if pending:
                 live = sum(len(f) for f in self._cache.values())
@@ -643,6 +627,8 @@ class MboxFolder:
                     writes.append(threads.deferToThread(index.rewrite_cache, self.index_dir, self.uidvalidity, whole))
                 else:
                     writes.append(threads.deferToThread(index.append_cache, self.index_dir, self.uidvalidity, pending))
+            # Also wait for index writes already under way.
+            writes.append(self._index_lock.run(lambda: None))
             return defer.gatherResults(writes)
 
         d = self._lock.run(run)
@@ -726,20 +712,17 @@ class MboxFolder:
     # --- new messages -------------------------------------------------------------------
 
     def append(self, source, flags=(), internaldate=None, origin=None):
-        with source.open() as f:
-            content = f.read()
-        return self._append_items([(content, None, internaldate, normalise(flags))], origin).addCallback(lambda u: u[0])
+        return self._append_items([(source, None, internaldate, normalise(flags))], origin).addCallback(lambda u: u[0])
 
     def deliver(self, source):
         """A delivery (IMailStore.deliver): the sender from Return-Path; @return: its key."""
-        with source.open() as f:
-            content = f.read()
-        d = self._append_items([(content, mboxrd.sender_of(content), None, frozenset())], None)
+        d = self._append_items([(source, RETURN_PATH, None, frozenset())], None)
         return d.addCallback(lambda uids: key_for(uids[0], self.uidvalidity))
 
     def _append_items(self, items, origin):
         """
-        Queue [(content, sender, internaldate, flags)] for the file; appends
+        Queue [(content or IMessageSource, sender, internaldate, flags)] for
+        the file (sender RETURN_PATH: from the message's Return-Path); appends
         waiting together are written under one lock with one fsync.
         @return: Deferred firing with their UIDs.
         """
@@ -790,6 +773,11 @@ class MboxFolder:
                 now = int(time.time())
                 chunks, parsed, offset = [pad], [], end + len(pad)
                 for content, sender, date, flags in items:
+                    if not isinstance(content, bytes):
+                        with content.open() as f:
+                            content = f.read()
+                    if sender is RETURN_PATH:
+                        sender = mboxrd.sender_of(content)
                     date = int(date) if date is not None else now
                     region = mboxrd.render(content, sender, date, flags)
                     parsed.append(mboxrd.parse(region, offset))
@@ -798,7 +786,7 @@ class MboxFolder:
                     offset += len(region)
                 payload = b"".join(chunks)
                 try:
-                    _pwrite_all(fd, payload, end)
+                    fileio.pwrite_all(fd, payload, end)
                     os.fsync(fd)
                 except OSError:
                     os.ftruncate(fd, end)  # nothing half-written stays
@@ -807,7 +795,7 @@ class MboxFolder:
                 if pad and w.msgs:
                     last = max(w.msgs, key=lambda m: m.offset)
                     if last.end == end:
-                        region = _pread_all(fd, end + len(pad) - last.offset, last.offset)
+                        region = fileio.pread_all(fd, end + len(pad) - last.offset, last.offset)
                         p = mboxrd.parse(region, last.offset)
                         w.msgs = [m.replace(end=p.end, size=p.size) if m is last else m for m in w.msgs]
                 if not w.uidvalidity:
@@ -822,7 +810,7 @@ class MboxFolder:
                 w.stamp = _stamp(st)
                 w.changed_file = True
         except OSError as e:
-            raise _temporary(e, self.path)
+            raise fileio.temporary(e, self.path)
         return w
 
     # --- copy, move, expunge ---------------------------------------------------------
@@ -883,7 +871,7 @@ class MboxFolder:
                     self._rewrite_file(w, fd, drop)
                     w.value = sorted(drop)
             except OSError as e:
-                raise _temporary(e, self.path)
+                raise fileio.temporary(e, self.path)
             return w
 
         return self._locked(work, lambda w: self._apply(w, origin))
@@ -905,7 +893,7 @@ class MboxFolder:
         directory = os.path.dirname(self.path) or "."
         tmp = os.path.join(directory, f".{os.path.basename(self.path)}.mailplat-{os.getpid()}.tmp")
         st = os.fstat(fd)
-        _remove_stale_temporaries(directory, os.path.basename(self.path))
+        fileio.remove_stale_temporaries(directory, os.path.basename(self.path))
         out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             try:
@@ -913,7 +901,7 @@ class MboxFolder:
             except OSError:
                 pass
             os.fchmod(out, st.st_mode & 0o7777)
-            _copy_range(fd, out, first, 0, 0)
+            fileio.copy_range(fd, out, first, 0, 0)
             pos, kept, removed = first, [m for m in in_order if m.offset < first], []
             for m in in_order:
                 if m.offset < first:
@@ -922,14 +910,14 @@ class MboxFolder:
                     removed.append(m.uid)
                     continue
                 if m.flags != m.file_flags:
-                    region = _pread_all(fd, m.end - m.offset, m.offset)
+                    region = fileio.pread_all(fd, m.end - m.offset, m.offset)
                     old = m.old or m.uid < self._first_recent
                     region = mboxrd.with_flags(region, m.flags, old)
-                    _pwrite_all(out, region, pos)
+                    fileio.pwrite_all(out, region, pos)
                     kept.append(m.replace(offset=pos, end=pos + len(region), file_flags=m.flags, old=old))
                     pos += len(region)
                 else:
-                    _copy_range(fd, out, m.end - m.offset, m.offset, pos)
+                    fileio.copy_range(fd, out, m.end - m.offset, m.offset, pos)
                     kept.append(m.replace(offset=pos, end=pos + m.end - m.offset))
                     pos += m.end - m.offset
                 if _rewrite_hook is not None:
@@ -937,7 +925,7 @@ class MboxFolder:
             os.ftruncate(out, pos)
             os.fsync(out)
             os.rename(tmp, self.path)
-            fsync_dir(directory)
+            fileio.fsync_dir(directory)
             new = os.fstat(out)
             w.head = os.pread(out, EDGE, 0)
             w.tail = os.pread(out, EDGE, max(0, pos - EDGE))
@@ -976,91 +964,3 @@ def _fire(result, waiters):
     for waiter in waiters:
         waiter.callback(result)  # a Failure goes down the errback chain
     return None
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _remove_stale_temporaries(directory, base):
-    """Temporary files of rewrites whose process died (a crash mid-rewrite)."""
-    prefix = f".{base}.mailplat-"
-    try:
-        names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".tmp")]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix) : -4]
-        if pid.isdigit() and int(pid) != os.getpid() and not locking._alive(int(pid)):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
-
-
-def _temporary(error, path):
-    if isinstance(error, TemporaryFailure):
-        return error
-    reason = errno.errorcode.get(error.errno, "error")
-    failure = TemporaryFailure(
-        f"cannot write to mailbox {os.path.basename(path)} ({reason}: {error.strerror})",
-        "4.2.2" if error.errno == errno.EDQUOT else "4.3.0",
-    )
-    failure.path = path
-    return failure
-
-
-@implementer(IFolder)
-class MboxPOP3Folder:
-    """A POP3 maildrop over the shared INBOX folder object: keys are UID-based."""
-
-    name = "INBOX"
-
-    def __init__(self, opening):
-        self._opening = opening  # a callable returning a Deferred of the MboxFolder
-
-    def _folder(self):
-        return self._opening()
-
-    @staticmethod
-    def _settled(d):
-        """
-        A Deferred that fires when `d`'s whole chain is done. (A chain that
-        started synchronously and waits on a thread is `called` already;
-        the POP3 server takes `called` to mean "answered".)
-        """
-        out = defer.Deferred()
-        d.addBoth(out.callback)
-        return out
-
-    def _uids(self, folder, keys):
-        by_key = {m.key: m.uid for m in folder.messages()}
-        return [by_key[k] for k in keys if k in by_key]
-
-    def messages(self):
-        return self._settled(self._folder().addCallback(lambda folder: list(folder.messages())))
-
-    def open_message(self, key):
-        def found(folder):
-            uids = self._uids(folder, [key])
-            if not uids:
-                raise KeyError(key)
-            return folder.open(uids[0])
-
-        return self._settled(self._folder().addCallback(found))
-
-    def remove(self, keys):
-        return self._settled(self._folder().addCallback(lambda folder: folder.remove(self._uids(folder, keys))))
-
-    def add_flags(self, keys, flags):
-        """Mail read over POP3 is \\Seen over IMAP, as Dovecot does."""
-        def mark(folder):
-            d = folder.store_flags(self._uids(folder, keys), flags, "+")
-            # Into the file before QUIT is answered: mutt reads it next.
-            return d.addCallback(lambda _: folder.write_back())
-
-        return self._settled(self._folder().addCallback(mark))

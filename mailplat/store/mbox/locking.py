@@ -34,6 +34,7 @@ STALE_SECONDS = 300
 TIMEOUT = 30.0
 HOST = socket.gethostname() or "localhost"
 _unique = itertools.count()
+_warned = set()
 
 
 def _alive(pid):
@@ -108,7 +109,9 @@ def acquire_dotlock(path, timeout=TIMEOUT, stale_seconds=STALE_SECONDS):
             if _try_dotlock(lock):
                 return lock
         except PermissionError:
-            log.warn("{path}: no permission to create a dotlock; locking with fcntl only", path=lock)
+            if lock not in _warned:
+                _warned.add(lock)
+                log.warn("{path}: no permission to create a dotlock; locking with fcntl only", path=lock)
             return None
         old = _stale(lock, stale_seconds)
         if old is not None:

@@ -23,7 +23,8 @@ from mailplat.interfaces import IFolderStore, PermanentFailure, TemporaryFailure
 from mailplat.store.maildir.store import expand
 from mailplat.store.mbox import account as accounts
 from mailplat.store.mbox import index, locking
-from mailplat.store.mbox.folder import MboxFolder, MboxPOP3Folder
+from mailplat.store.mbox.folder import MboxFolder
+from mailplat.store.mbox.maildrop import MboxPOP3Folder
 
 log = Logger()
 

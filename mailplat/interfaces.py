@@ -300,7 +300,9 @@ class IMailFolder(Interface):
     def open(uid):
         """
         @return: Deferred firing with a binary file of the message as stored
-            (LF line ends); fails with KeyError if it is gone.
+            (LF line ends); fails with KeyError if it is gone. A folder that
+            can open many messages in one trip to its thread pool also
+            provides L{IBatchOpen}; FETCH and SEARCH then use that.
         """
 
     def cached(uid, field):
@@ -344,11 +346,43 @@ class IMailFolder(Interface):
         call is the first to claim.
         """
 
+    def recent_count():
+        """
+        How many messages of L{messages} no session has claimed yet
+        (L{claim_recent}), without claiming them: STATUS RECENT (RFC 3501
+        6.3.10) and EXAMINE (6.3.2, which must not take \\Recent away).
+        Claims go in arrival order (as Dovecot's first_recent_uid), so the
+        unclaimed messages are the last N of L{messages}. No I/O.
+
+        @return: int. (Added in a later version: the IMAP server answers 0
+            for a folder without it.)
+        """
+
     def subscribe(callback):
         """
         Call `callback(event)` with each L{FolderEvent}; also makes the
         folder watch the disk for outside changes while anyone listens.
         @return: a no-argument callable that unsubscribes.
+        """
+
+
+class IBatchOpen(Interface):
+    """
+    Optional, beside L{IMailFolder}: a folder that opens many messages in
+    one go. A FETCH or SEARCH that needs message text on a large folder
+    asks for a batch at a time (about 200) instead of one L{IMailFolder.open}
+    per message, which costs a trip to the thread pool each. A folder that
+    does not provide this interface is read with C{open}, one by one.
+    """
+
+    def open_many(uids):
+        """
+        @param uids: a list of UIDs.
+        @return: Deferred firing with a list as long as `uids`, in the same
+            order: for each, a binary file of the message as stored (LF line
+            ends; the caller reads and closes it), or None when the message
+            is gone or can't be opened. Fails (L{TemporaryFailure}) only
+            when the folder can't be read at all.
         """
 
 

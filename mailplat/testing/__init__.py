@@ -16,16 +16,29 @@ twisted.trial.unittest.TestCase, implement its factory hooks, and run
 The kinds:
   - L{RealmConformance} (mailplat.testing.realm): IRealmBackend, IRealmAdmin.
   - L{DeliveryConformance} (mailplat.testing.delivery): IDeliveryAgent.
-  - Store conformance lives in mailplat.testing.store (IMailStore,
-    IFolderStore: UIDs, flags, folders, notifications).
+  - L{StoreConformance} (mailplat.testing.store): IMailStore,
+    IFolderStore, IMailAccount, IMailFolder (UIDs, flags, folders,
+    notifications).
+  - L{RelayConformance} (mailplat.testing.relay): IRelayQueue.
+  - L{CheckConformance} (mailplat.testing.check): ICheck.
   - L{LMTPServer} (mailplat.testing.lmtp): a scriptable LMTP server for
     tests of LMTP delivery.
 
 See docs/plugins.md for a walk-through.
 """
 
+from mailplat.testing.check import CheckConformance
 from mailplat.testing.delivery import DeliveryConformance
 from mailplat.testing.lmtp import LMTPServer
 from mailplat.testing.realm import RealmConformance
+from mailplat.testing.relay import RelayConformance
+from mailplat.testing.store import StoreConformance
 
-__all__ = ["DeliveryConformance", "LMTPServer", "RealmConformance"]
+__all__ = [
+    "CheckConformance",
+    "DeliveryConformance",
+    "LMTPServer",
+    "RealmConformance",
+    "RelayConformance",
+    "StoreConformance",
+]

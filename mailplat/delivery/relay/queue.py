@@ -217,7 +217,10 @@ class RelayQueue(service.Service):
 
         def failed(failure):
             log.failure("relay queue: cannot store a message", failure)
-            threads.deferToThread(self.spool.remove, record["id"])
+            # Clean up what was half written; if that fails too, say so in the log.
+            threads.deferToThread(self.spool.remove, record["id"]).addErrback(
+                lambda f: log.failure("relay queue: cannot remove a half-written message", f)
+            )
             raise TemporaryFailure("cannot queue the message; try again later", "4.3.0")
 
         return d.addCallbacks(stored, failed)

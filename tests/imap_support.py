@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from mailplat.config import LIMIT_KEYS
 
-from mailplat.interfaces import FolderEvent, IMailAccount, IMailFolder, IMessageInfo
+from mailplat.interfaces import FolderEvent, IBatchOpen, IMailAccount, IMailFolder, IMessageInfo
 
 
 @implementer(IMessageInfo)
@@ -127,9 +127,41 @@ class MemoryFolder:
         self._claimed.update(fresh)
         return fresh
 
+    def recent_count(self):
+        return sum(1 for m in self._messages if m.uid not in self._claimed)
+
     def subscribe(self, callback):
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback)
+
+
+class CountingFolder(MemoryFolder):
+    """A MemoryFolder that counts the messages opened one by one."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.single_opens = 0
+
+    def open(self, uid):
+        self.single_opens += 1
+        return super().open(uid)
+
+
+@implementer(IBatchOpen)
+class BatchFolder(CountingFolder):
+    """A folder that also opens many messages at once (IBatchOpen); keeps each batch asked for."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.batches = []
+        self.missing = set()  # UIDs open_many reports as gone
+
+    def open_many(self, uids):
+        self.batches.append(list(uids))
+        by_uid = {m.uid: m for m in self._messages}
+        return defer.succeed(
+            [None if u in self.missing or u not in by_uid else io.BytesIO(by_uid[u].data) for u in uids]
+        )
 
 
 @implementer(IMailAccount)

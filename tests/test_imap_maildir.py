@@ -127,7 +127,7 @@ class Login(IMAPTestCase):
         def run():
             c = self.imaps()
             caps = set(c.capabilities())
-            for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"ID", b"ENABLE", b"SPECIAL-USE", b"LITERAL+", b"NAMESPACE"):
+            for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"ID", b"ENABLE", b"SPECIAL-USE", b"LITERAL+", b"NAMESPACE", b"LIST-STATUS"):
                 self.assertIn(cap, caps)
 
         return self.check(run)
@@ -185,6 +185,19 @@ class Folders(IMAPTestCase):
 
         return self.check(run)
 
+    def test_list_returns_status_of_each_folder(self):
+        # RFC 5819: what a client shows beside each folder, in one command.
+        def run():
+            c = self.imaplib()
+            c.append("Archive", None, None, MESSAGE)
+            typ, _ = c._simple_command("LIST", '""', "*", "RETURN", "(STATUS (MESSAGES UNSEEN))")
+            self.assertEqual(typ, "OK")
+            typ, statuses = c._untagged_response(typ, None, "STATUS")
+            self.assertIn(b'Archive (MESSAGES 1 UNSEEN 1)', [s.replace(b'"', b"") for s in statuses])
+            self.assertEqual(len(statuses), 6)
+
+        return self.check(run)
+
     def test_namespace(self):
         def run():
             ns = self.imaps().namespace()
@@ -223,6 +236,40 @@ class Select(IMAPTestCase):
             c.select_folder("INBOX", readonly=True)
             with self.assertRaises(imapclient.exceptions.IMAPClientError):
                 c.add_flags([1], [imapclient.FLAGGED])
+
+        return self.check(run)
+
+
+class Recent(IMAPTestCase):
+    """RFC 3501 2.3.2, 6.3.2, 6.3.10: \\Recent counted by STATUS, shown by EXAMINE, claimed by SELECT."""
+
+    def test_status_counts_new_mail_before_anyone_selects(self):
+        def run():
+            c = self.imaps()
+            self.assertEqual(c.folder_status("INBOX", [b"RECENT"])[b"RECENT"], 0)
+            self.send()
+            self.assertEqual(c.folder_status("INBOX", [b"RECENT"])[b"RECENT"], 1)
+            self.assertEqual(self.imaps().folder_status("INBOX", [b"RECENT"])[b"RECENT"], 1)
+
+        return self.check(run)
+
+    def test_examine_shows_recent_and_a_later_select_still_gets_it(self):
+        def run():
+            self.send()
+            a = self.imaps()
+            self.assertEqual(a.select_folder("INBOX", readonly=True)[b"RECENT"], 1)
+            self.assertIn(b"\\Recent", a.get_flags([1])[1])
+            b = self.imaps()
+            self.assertEqual(b.select_folder("INBOX")[b"RECENT"], 1)
+            self.assertIn(b"\\Recent", b.get_flags([1])[1])
+
+        return self.check(run)
+
+    def test_status_counts_none_once_a_select_claimed_it(self):
+        def run():
+            self.send()
+            self.imaps().select_folder("INBOX")
+            self.assertEqual(self.imaps().folder_status("INBOX", [b"RECENT"])[b"RECENT"], 0)
 
         return self.check(run)
 

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from tests.helpers import in_thread
-from tests.imap_support import MemoryIMAP, RawClient
+from tests.imap_support import BatchFolder, CountingFolder, MemoryFolder, MemoryIMAP, RawClient
 
 SIMPLE = b"From: Bob <bob@example.org>\nTo: alice@example.test\nSubject: hello\n\nbody one\n"
 
@@ -397,6 +397,156 @@ class TwoSessions(ProtocolTestCase):
         return self.run_client(talk).addCallback(check)
 
 
+class Recent(ProtocolTestCase):
+    """RFC 3501 2.3.2: \\Recent is counted by STATUS and shown by EXAMINE, claimed only by SELECT."""
+
+    def setUp(self):
+        super().setUp()
+        self.inbox.add(SIMPLE)
+
+    def test_status_counts_recent_without_claiming_it(self):
+        def talk():
+            status = self.client().command(b"a1 STATUS INBOX (RECENT)")
+            return status, self.client().command(b"b1 SELECT INBOX")
+
+        def check(result):
+            status, select = result
+            self.assertEqual(status[0], b'* STATUS "INBOX" (RECENT 1)\r\n')
+            self.assertIn(b"* 1 RECENT\r\n", select)
+
+        return self.run_client(talk).addCallback(check)
+
+    def test_status_counts_none_once_a_select_claimed_them(self):
+        def talk():
+            self.client(select=True)
+            return self.client().command(b"a1 STATUS INBOX (MESSAGES RECENT)")
+
+        return self.run_client(talk).addCallback(
+            lambda lines: self.assertEqual(lines[0], b'* STATUS "INBOX" (MESSAGES 1 RECENT 0)\r\n')
+        )
+
+    def test_examine_shows_recent_without_claiming_it(self):
+        def talk():
+            a = self.client()
+            examine = a.command(b"a1 EXAMINE INBOX")
+            flags = a.command(b"a2 FETCH 1 (FLAGS)")
+            return examine, flags, self.client().command(b"b1 SELECT INBOX")
+
+        def check(result):
+            examine, flags, select = result
+            self.assertIn(b"* 1 RECENT\r\n", examine)
+            self.assertIn(b"\\Recent", flags[0])
+            self.assertIn(b"* 1 RECENT\r\n", select)
+
+        return self.run_client(talk).addCallback(check)
+
+    def test_examining_session_is_told_of_new_mail_as_recent_without_claiming_it(self):
+        def talk():
+            a = self.client()
+            a.command(b"a1 EXAMINE INBOX")
+            on_reactor(self.inbox.add, SIMPLE)
+            noop = a.command(b"a2 NOOP")
+            return noop, self.client().command(b"b1 SELECT INBOX")
+
+        def check(result):
+            noop, select = result
+            self.assertIn(b"* 2 EXISTS\r\n", noop)
+            self.assertIn(b"* 2 RECENT\r\n", noop)
+            self.assertIn(b"* 2 RECENT\r\n", select)
+
+        return self.run_client(talk).addCallback(check)
+
+    def test_folder_written_before_recent_count_answers_zero(self):
+        class Older(MemoryFolder):
+            @property
+            def recent_count(self):
+                raise AttributeError("recent_count")
+
+        older = self.server.account._folders["INBOX"] = Older("INBOX")
+        older.add(SIMPLE)
+
+        def talk():
+            c = self.client()
+            return c.command(b"a1 STATUS INBOX (RECENT)"), c.command(b"a2 EXAMINE INBOX")
+
+        def check(result):
+            status, examine = result
+            self.assertEqual(status[0], b'* STATUS "INBOX" (RECENT 0)\r\n')
+            self.assertIn(b"* 0 RECENT\r\n", examine)
+
+        return self.run_client(talk).addCallback(check)
+
+
+class BatchOpen(ProtocolTestCase):
+    """FETCH and SEARCH read message text through IBatchOpen.open_many when the folder has it."""
+
+    def use(self, folder, count):
+        self.server.account._folders["INBOX"] = folder
+        for _ in range(count):
+            folder.add(SIMPLE)
+        return folder
+
+    def fetch_lines(self, command):
+        def talk():
+            return self.client(select=True).command(command)
+
+        return self.run_client(talk).addCallback(lambda lines: [l for l in lines if b" FETCH (" in l])
+
+    def test_fetch_opens_a_batch_at_a_time(self):
+        folder = self.use(BatchFolder("INBOX"), 450)
+
+        def check(lines):
+            self.assertEqual(len(lines), 450)
+            self.assertEqual([len(b) for b in folder.batches], [200, 200, 50])
+            self.assertEqual(folder.single_opens, 0)
+
+        return self.fetch_lines(b"f1 FETCH 1:* (BODY.PEEK[TEXT])").addCallback(check)
+
+    def test_fetch_answered_from_the_cache_opens_nothing(self):
+        folder = self.use(BatchFolder("INBOX"), 3)
+
+        def again(_):
+            del folder.batches[:]
+            return self.fetch_lines(b"f2 FETCH 1:* (ENVELOPE)")
+
+        def check(lines):
+            self.assertEqual(len(lines), 3)
+            self.assertEqual(folder.batches, [])
+
+        return self.fetch_lines(b"f1 FETCH 1:* (ENVELOPE)").addCallback(again).addCallback(check)
+
+    def test_message_open_many_reports_gone_is_left_out(self):
+        folder = self.use(BatchFolder("INBOX"), 3)
+        folder.missing.add(2)
+
+        def check(lines):
+            self.assertEqual([l.split(b" ")[1] for l in lines], [b"1", b"3"])
+
+        return self.fetch_lines(b"f1 FETCH 1:3 (BODY.PEEK[])").addCallback(check)
+
+    def test_search_of_text_opens_a_batch_at_a_time(self):
+        folder = self.use(BatchFolder("INBOX"), 250)
+
+        def talk():
+            return self.client(select=True).command(b"s1 SEARCH BODY one")
+
+        def check(lines):
+            self.assertEqual(lines[0], b"* SEARCH " + b" ".join(b"%d" % n for n in range(1, 251)) + b"\r\n")
+            self.assertEqual([len(b) for b in folder.batches], [200, 50])
+            self.assertEqual(folder.single_opens, 0)
+
+        return self.run_client(talk).addCallback(check)
+
+    def test_folder_without_open_many_is_read_with_open(self):
+        folder = self.use(CountingFolder("INBOX"), 3)
+
+        def check(lines):
+            self.assertEqual(len(lines), 3)
+            self.assertEqual(folder.single_opens, 3)
+
+        return self.fetch_lines(b"f1 FETCH 1:* (RFC822)").addCallback(check)
+
+
 class Login(ProtocolTestCase):
     server_options = {"tls": True, "plaintext": False}
 
@@ -551,6 +701,55 @@ class Commands(ProtocolTestCase):
             self.assertNotIn(b'"Lists.Python"', names)
 
         return self.talk(b'LIST "" "%"').addCallback(check)
+
+    def test_list_return_status_follows_each_list_response(self):
+        # RFC 5819 2
+        self.inbox.store_flags([1], frozenset(["\\Seen"]), "+")
+
+        def check(answers):
+            lines = answers[0]
+            for i, line in enumerate(lines[:-1]):
+                if line.startswith(b"* LIST"):
+                    name = line.rsplit(b" ", 1)[1].strip()
+                    self.assertTrue(lines[i + 1].startswith(b"* STATUS " + name + b" ("), lines[i + 1])
+            self.assertIn(b'* STATUS "INBOX" (MESSAGES 2 UNSEEN 1)\r\n', lines)
+            self.assertEqual(len([l for l in lines if l.startswith(b"* STATUS")]), 6)
+
+        return self.talk(b'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN))', select=False).addCallback(check)
+
+    def test_list_return_status_gives_none_for_unselectable_mailboxes(self):
+        account = self.server.account
+        listed = account.folders
+
+        def folders():
+            extra = [("Ghost", frozenset(["\\Noselect", "\\HasChildren"])), ("Vanished", frozenset(["\\HasNoChildren"]))]
+            return listed().addCallback(lambda found: found + extra)
+
+        account.folders = folders
+
+        def check(answers):
+            lines = answers[0]
+            ghost = [i for i, l in enumerate(lines) if l.endswith(b' "Ghost"\r\n')][0]
+            vanished = [i for i, l in enumerate(lines) if l.endswith(b' "Vanished"\r\n')][0]
+            self.assertFalse(lines[ghost + 1].startswith(b"* STATUS"))
+            # RFC 5819 2: gone between LIST and STATUS: \Noselect, no STATUS.
+            self.assertIn(b"\\Noselect", lines[vanished])
+            self.assertFalse(lines[vanished + 1].startswith(b"* STATUS"))
+
+        return self.talk(b'LIST "" "*" RETURN (STATUS (MESSAGES))', select=False).addCallback(check)
+
+    def test_list_return_status_with_an_unknown_item_is_bad(self):
+        return self.talk(b'LIST "" "*" RETURN (STATUS (BOGUS))', select=False).addCallback(
+            lambda a: self.assertTrue(a[0][-1].startswith(b"c0 BAD"))
+        )
+
+    def test_list_with_other_return_options_answers_as_plain_list(self):
+        return self.talk(b'LIST "" "*" RETURN (CHILDREN SPECIAL-USE)', select=False).addCallback(
+            lambda a: (
+                self.assertFalse(any(l.startswith(b"* STATUS") for l in a[0])),
+                self.assertEqual(len([l for l in a[0] if l.startswith(b"* LIST")]), 6),
+            )
+        )
 
     def account_create(self, name):
         for part in ("Lists", name):

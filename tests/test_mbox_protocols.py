@@ -51,6 +51,10 @@ class IMAPSelect(OnMbox, imap.Select):
     pass
 
 
+class IMAPRecent(OnMbox, imap.Recent):
+    pass
+
+
 class IMAPFetch(OnMbox, imap.Fetch):
     pass
 

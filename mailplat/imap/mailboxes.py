@@ -1,8 +1,9 @@
 """
 Commands about folders (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE,
-RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND, NAMESPACE,
-ENABLE. A mixin of L{mailplat.imap.server.MailplatIMAP}; it talks to the
-user's L{IMailAccount} only.
+RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (with RFC 5819 RETURN (STATUS ...)),
+LSUB, STATUS, APPEND, NAMESPACE, ENABLE. A mixin of
+L{mailplat.imap.server.MailplatIMAP}; it talks to the user's
+L{IMailAccount} only.
 """
 
 import calendar
@@ -10,12 +11,15 @@ import re
 from array import array
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.mail import imap4
 
 from mailplat.imap.fetch import flag_list
 from mailplat.imap.parser import BadCommand, canonical_name, encode_mailbox
-from mailplat.imap.session import SELECTED, SelectedFolder
+from mailplat.imap.session import SELECTED, SelectedFolder, recent_count, unclaimed
 from mailplat.store.source import BytesSource
+
+log = Logger()
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
@@ -45,6 +49,42 @@ def pattern_regex(pattern, separator):
     """LIST wildcards (* and %) -> a case-sensitive regex for whole names."""
     twisted_re = imap4.wildcardToRegexp(pattern, separator)
     return re.compile(twisted_re.pattern)
+
+
+def _status_items(reader):
+    """STATUS's item list (RFC 3501 6.3.10), checked."""
+    items = reader.paren_list(lambda: reader.atom("a status item").upper())
+    for item in items:
+        if item not in STATUS_ITEMS:
+            raise BadCommand(f"unknown STATUS item {item.decode('ascii', 'replace')}")
+    return items
+
+
+def _status_response(name, folder, msgs, items):
+    """The untagged STATUS response (without '* ') for a synced folder."""
+    values = {
+        b"MESSAGES": len(msgs),
+        # RFC 3501 6.3.10: counted, not claimed.
+        b"RECENT": recent_count(folder),
+        b"UIDNEXT": folder.uidnext,
+        b"UIDVALIDITY": folder.uidvalidity,
+        b"UNSEEN": sum(1 for m in msgs if "\\Seen" not in m.flags),
+    }
+    body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
+    return b"STATUS " + encode_mailbox(name) + b" (" + body + b")"
+
+
+def _return_option(reader):
+    """
+    One LIST return option (RFC 5258 3) -> (name, STATUS items or None).
+    RFC 5819 STATUS is acted on; the others (CHILDREN, SPECIAL-USE, ...)
+    change nothing: those attributes are always sent.
+    """
+    name = reader.atom("a return option").upper()
+    if name == b"STATUS":
+        reader.space()
+        return name, _status_items(reader)
+    return name, None
 
 
 def _attributes(attrs):
@@ -77,7 +117,11 @@ class MailboxCommands:
                 return
             sel = SelectedFolder(folder, readonly)
             sel.uids = array("I", (m.uid for m in msgs))
-            if not readonly:
+            if readonly:
+                # RFC 3501 6.3.2: EXAMINE shows \Recent but must not take it
+                # away from the session that will SELECT.
+                sel.recent = set(unclaimed(folder, sel.uids))
+            else:
                 sel.recent = set(folder.claim_recent(list(sel.uids)))
             sel.unsubscribe = folder.subscribe(self.folder_event)
             keywords = set()
@@ -208,11 +252,14 @@ class MailboxCommands:
         ref = reader.mailbox()
         reader.space()
         pattern = reader.list_mailbox()
+        status_items = None
         if reader.maybe_space():
             if reader.atom("RETURN").upper() != b"RETURN":
                 raise BadCommand("expected RETURN")
             reader.space()
-            reader.paren_list(lambda: reader.atom("a return option"))
+            for name, items in reader.paren_list(lambda: _return_option(reader)):
+                if name == b"STATUS":
+                    status_items = items
         reader.end()
         sep = self._sep()
         if pattern == "":
@@ -220,7 +267,7 @@ class MailboxCommands:
             self.untagged(b'LIST (\\Noselect) "' + sep.encode() + b'" ""')
             self.ok(tag, "LIST completed")
             return None
-        return self._list(tag, ref, pattern, b"LIST", special_only)
+        return self._list(tag, ref, pattern, b"LIST", special_only, status_items)
 
     def cmd_LSUB(self, tag, reader):
         reader.space()
@@ -230,7 +277,7 @@ class MailboxCommands:
         reader.end()
         return self._list(tag, ref, pattern, b"LSUB", False)
 
-    def _list(self, tag, ref, pattern, verb, special_only):
+    def _list(self, tag, ref, pattern, verb, special_only, status_items=None):
         sep = self._sep()
         full = canonical_name(ref + pattern if ref.endswith(sep) or not ref else ref + sep + pattern)
         regex = pattern_regex(full, sep)
@@ -244,11 +291,11 @@ class MailboxCommands:
         else:
             d.addCallback(lambda folders: (folders, None))
 
-        def answer(result):
+        def matching(result):
             folders, subs = result
             attrs_of = {canonical_name(n): a for n, a in folders}
             names = sorted(attrs_of) if subs is None else sorted({canonical_name(s) for s in subs})
-            out = []
+            found = []
             for name in names:
                 if not regex.fullmatch(name):
                     continue
@@ -257,13 +304,46 @@ class MailboxCommands:
                     continue
                 if verb == b"LSUB":
                     attrs = {a for a in attrs if a in ("\\Noselect",)} if name in attrs_of else {"\\Noselect"}
+                found.append((name, attrs, None))
+            if status_items is None:
+                return found
+            return self._with_status(found, status_items)
+
+        def answer(found):
+            out = []
+            for name, attrs, status in found:
                 out.append(
                     b"* " + verb + b" " + _attributes(attrs) + b' "' + sep.encode() + b'" ' + encode_mailbox(name) + b"\r\n"
                 )
+                if status is not None:
+                    out.append(b"* " + status + b"\r\n")
             self.write(b"".join(out))
             self.ok(tag, verb.decode() + " completed")
 
-        return d.addCallback(answer)
+        return d.addCallback(matching).addCallback(answer)
+
+    @defer.inlineCallbacks
+    def _with_status(self, found, items):
+        """
+        RFC 5819 2: a STATUS response after the LIST response of each
+        selectable mailbox. One that can't be opened any more is listed
+        \\Noselect without STATUS; one whose status fails otherwise is
+        listed without it.
+        """
+        out = []
+        for name, attrs, _ in found:
+            status = None
+            if not attrs & {"\\Noselect", "\\NonExistent"}:
+                try:
+                    folder = yield defer.maybeDeferred(self.account.folder, name)
+                    msgs = yield defer.maybeDeferred(folder.sync)
+                    status = _status_response(name, folder, msgs, items)
+                except KeyError:
+                    attrs = attrs | {"\\Noselect"}
+                except Exception:
+                    log.failure("STATUS of {name} for LIST", name=name)
+            out.append((name, attrs, status))
+        return out
 
     # --- STATUS (RFC 3501 6.3.10) ------------------------------------------
 
@@ -271,11 +351,8 @@ class MailboxCommands:
         reader.space()
         name = canonical_name(reader.mailbox())
         reader.space()
-        items = reader.paren_list(lambda: reader.atom("a status item").upper())
+        items = _status_items(reader)
         reader.end()
-        for item in items:
-            if item not in STATUS_ITEMS:
-                raise BadCommand(f"unknown STATUS item {item.decode('ascii', 'replace')}")
         d = defer.maybeDeferred(self.account.folder, name)
 
         def got(folder):
@@ -283,17 +360,7 @@ class MailboxCommands:
 
         def answer(result):
             folder, msgs = result
-            values = {
-                b"MESSAGES": len(msgs),
-                # Counting \Recent would claim it (IMailFolder.claim_recent);
-                # only the selecting session learns it.
-                b"RECENT": 0,
-                b"UIDNEXT": folder.uidnext,
-                b"UIDVALIDITY": folder.uidvalidity,
-                b"UNSEEN": sum(1 for m in msgs if "\\Seen" not in m.flags),
-            }
-            body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
-            self.untagged(b"STATUS " + encode_mailbox(name) + b" (" + body + b")")
+            self.untagged(_status_response(name, folder, msgs, items))
             self.ok(tag, "STATUS completed")
 
         def missing(failure):

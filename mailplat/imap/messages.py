@@ -4,9 +4,10 @@ EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE and their UID forms (RFC 4315
 UIDPLUS, RFC 6851 MOVE, RFC 3691 UNSELECT). A mixin of
 L{mailplat.imap.server.MailplatIMAP}.
 
-Message bytes are opened through the folder and read in the reactor's
-thread pool, a batch at a time, so a FETCH of a large folder neither
-blocks other sessions nor holds every message in memory.
+Message bytes are opened through the folder (a batch in one call when it
+provides IBatchOpen) and read in the reactor's thread pool, a batch at a
+time, so a FETCH of a large folder neither blocks other sessions nor holds
+every message in memory.
 """
 
 from twisted.internet import defer, reactor, task, threads
@@ -16,6 +17,7 @@ from zope.interface import implementer
 from mailplat.imap import fetch
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
+from mailplat.interfaces import IBatchOpen
 
 BATCH = 200  # messages read per trip to the thread pool
 CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
@@ -100,6 +102,11 @@ class MessageCommands:
     def _open_batch(self, uids):
         """Deferred firing with open files (None for messages gone)."""
         folder = self.selected.folder
+        if not uids:
+            return defer.succeed([])
+        if IBatchOpen.providedBy(folder):
+            # One trip to the store's thread pool for the batch, not one a message.
+            return defer.maybeDeferred(folder.open_many, list(uids))
         ds = [defer.maybeDeferred(folder.open, u) for u in uids]
         d = defer.DeferredList(ds, consumeErrors=True)
         return d.addCallback(lambda results: [f if ok else None for ok, f in results])
@@ -365,6 +372,9 @@ class MessageCommands:
             need = [c[1] for c, p in zip(chunk, plans) if p[3]]
 
             def read(files):
+                if not files:
+                    return []
+
                 def work(data):
                     return fetch.compute(data, items, want_env, want_bs)
 

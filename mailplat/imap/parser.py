@@ -243,13 +243,16 @@ def in_ranges(n, ranges):
     return any(a <= n <= b for a, b in ranges)
 
 
+_QUOTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
 def quote(value):
     """A string as IMAP sends it: quoted when it can be, a literal otherwise."""
     if value is None:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8")
-    if len(value) < 1024 and all(0x20 <= c < 0x7F for c in value):
+    if len(value) < 1024 and _QUOTABLE.fullmatch(value):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n%s" % (len(value), value)
 

@@ -54,6 +54,7 @@ CAPABILITIES = [
     b"UNSELECT",
     b"SPECIAL-USE",
     b"CHILDREN",
+    b"LIST-STATUS",
 ]
 
 ANY = (UNAUTH, AUTH, SELECTED)

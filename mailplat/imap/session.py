@@ -123,7 +123,9 @@ class SelectedFolder:
             i = bisect_left(msgs, top + 1, key=_uid_of)
             new = [m.uid for m in msgs[i:]]
             self.uids.extend(new)
-            if not self.readonly:
+            if self.readonly:
+                self.recent.update(unclaimed(self.folder, new))  # RFC 3501 6.3.2
+            else:
                 self.recent.update(self.folder.claim_recent(new))
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
@@ -154,6 +156,26 @@ class SelectedFolder:
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
+
+
+def recent_count(folder):
+    """IMailFolder.recent_count, 0 for a folder written before it existed."""
+    count = getattr(folder, "recent_count", None)
+    return count() if count is not None else 0
+
+
+def unclaimed(folder, uids):
+    """
+    Which of `uids` (ascending) are \\Recent for a read-only session (RFC
+    3501 6.3.2): those no session claimed yet, the folder's newest
+    `recent_count()` messages; nothing is claimed.
+    """
+    n = recent_count(folder)
+    msgs = folder.messages()
+    if not n or not msgs:
+        return []
+    first = msgs[-min(n, len(msgs))].uid
+    return [u for u in uids if u >= first]
 
 
 def _uid_of(info):

@@ -57,11 +57,13 @@ def _replace(path, payload):
             f.write(payload)
         os.rename(tmp, path)
     except OSError as e:
-        log.warn("{path}: cannot write index ({e})", path=path, e=e)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, FileNotFoundError) and not os.path.isdir(os.path.dirname(path)):
+            return  # the folder was deleted meanwhile: nothing to keep
+        log.warn("{path}: cannot write index ({e})", path=path, e=e)
 
 
 def load_cache(folder_path, uidvalidity):
@@ -95,14 +97,23 @@ def _header(uidvalidity):
 
 
 def append_cache(folder_path, uidvalidity, items):
-    """Append [(uid, field, value)]; starts the file when it's missing."""
+    """
+    Append [(uid, field, value)]; starts the file when it's missing. A
+    folder deleted meanwhile (by another process or program, while this
+    flush ran) has nothing left to cache for: a quiet no-op.
+    """
     path = os.path.join(folder_path, CACHE)
     payload = b"".join(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n" for item in items)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
+        if not os.path.isdir(folder_path):
+            return
         rewrite_cache(folder_path, uidvalidity, {})
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            return  # the folder went between the two opens
     with os.fdopen(fd, "ab") as f:
         f.write(payload)
 

@@ -14,17 +14,18 @@ change, and events are published after the view changed.
 import errno
 import os
 import shutil
+from bisect import bisect_left
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.interfaces import FolderEvent, IMailFolder, TemporaryFailure
+from mailplat.interfaces import FolderEvent, IBatchOpen, IMailFolder, TemporaryFailure
 from mailplat.store.maildir import names
 from mailplat.store.maildir.deliver import fsync_dir, write_message
 from mailplat.store.maildir.keywords import Keywords, normalise
 from mailplat.store.maildir.uidlist import UidList
-from mailplat.store.maildir.view import NO_FLAGS, FolderGone, FolderView, _crlf_size, _with
+from mailplat.store.maildir.view import NO_FLAGS, FolderGone, FolderView, _by_uid, _crlf_size, _with
 
 log = Logger()
 
@@ -32,7 +33,7 @@ log = Logger()
 CACHE_BATCH = 500
 
 
-@implementer(IMailFolder)
+@implementer(IMailFolder, IBatchOpen)
 class MaildirMailFolder(FolderView):
     """
     A maildir folder as IMAP sees it. Made by L{MaildirStore} only, one per
@@ -54,6 +55,7 @@ class MaildirMailFolder(FolderView):
         self._cache = {}
         self._cache_pending = []
         self._cache_lines = 0
+        self._flush_queued = False
         self._subscribers = []
         self._loaded = False
         self._gone = False
@@ -90,7 +92,10 @@ class MaildirMailFolder(FolderView):
             return
         self._cache.setdefault(uid, {})[field] = value
         self._cache_pending.append((uid, field, value))
-        if len(self._cache_pending) >= CACHE_BATCH:
+        # One flush queued at a time: a fast FETCH caches faster than a
+        # flush is written, and a queue of thousands of flushes waiting on
+        # the folder lock would exhaust the stack when they ran.
+        if len(self._cache_pending) >= CACHE_BATCH and not self._flush_queued:
             self.flush()
 
     def claim_recent(self, uids):
@@ -101,6 +106,12 @@ class MaildirMailFolder(FolderView):
             self._first_recent = max(claimed) + 1
             self._index_dirty = True
         return claimed
+
+    def recent_count(self):
+        # RFC 3501 6.3.10, 6.3.2: counted without claiming; the unclaimed
+        # messages are those from _first_recent on, the tail of the view.
+        msgs = self._msgs
+        return len(msgs) - bisect_left(msgs, self._first_recent, key=_by_uid)
 
     def open(self, uid):
         info = self._by_uid.get(uid)
@@ -117,6 +128,59 @@ class MaildirMailFolder(FolderView):
                 return open(os.path.join(self.path, *found), "rb")
 
         return threads.deferToThread(run)
+
+    def open_many(self, uids):
+        """L{IBatchOpen}: the files of `uids` opened in one trip to the thread pool."""
+        infos = [self._by_uid.get(uid) for uid in uids]
+        if not any(infos):
+            return defer.succeed([None] * len(infos))
+        path = self.path
+
+        def run():
+            files, moved = [], None
+            try:
+                for info in infos:
+                    if info is None:
+                        files.append(None)
+                        continue
+                    try:
+                        files.append(open(os.path.join(path, info.subdir, info.filename), "rb"))
+                        continue
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        files.append(None)
+                        continue
+                    # Renamed by another program since our scan: one listing
+                    # of new/ and cur/ finds every such file of the batch.
+                    if moved is None:
+                        moved = self._current_names()
+                    found = moved.get(info.key)
+                    try:
+                        files.append(None if found is None else open(os.path.join(path, *found), "rb"))
+                    except OSError:
+                        files.append(None)
+            except BaseException:
+                for f in files:
+                    if f is not None:
+                        f.close()
+                raise
+            return files
+
+        return threads.deferToThread(run)
+
+    def _current_names(self):
+        """{key: (subdir, filename)} of the files now in cur/ and new/ (blocking)."""
+        out = {}
+        for subdir in ("new", "cur"):
+            try:
+                entries = os.listdir(os.path.join(self.path, subdir))
+            except FileNotFoundError:
+                continue
+            for filename in entries:
+                if filename[:1] != ".":
+                    out[filename.partition(":")[0]] = (subdir, filename)
+        return out
 
     # --- change notification ----------------------------------------------------
 

@@ -451,8 +451,10 @@ class FolderView:
 
     def flush(self):
         """Write the index and cache values not yet on disk."""
+        self._flush_queued = True
 
         def run():
+            self._flush_queued = False
             if self._gone or not self._loaded:
                 return None
             writes = []

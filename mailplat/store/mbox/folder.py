@@ -25,6 +25,7 @@ import io
 import mmap
 import os
 import time
+from bisect import bisect_left
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -32,6 +33,7 @@ from zope.interface import implementer
 
 from mailplat.interfaces import (
     FolderEvent,
+    IBatchOpen,
     IMailFolder,
     IMessageInfo,
     IStoredMessage,
@@ -143,7 +145,7 @@ class _Work:
         self.value = None
 
 
-@implementer(IMailFolder)
+@implementer(IMailFolder, IBatchOpen)
 class MboxFolder:
     """An mbox file as IMAP sees it. Made by L{MboxStore} only, one per file per process."""
 
@@ -207,6 +209,12 @@ class MboxFolder:
             self._index_soon()
         return claimed
 
+    def recent_count(self):
+        # RFC 3501 6.3.10, 6.3.2: counted without claiming; the unclaimed
+        # messages are those from _first_recent on, the tail of the view.
+        msgs = self._msgs
+        return len(msgs) - bisect_left(msgs, self._first_recent, key=_by_uid)
+
     def open(self, uid):
         """
         The message as served. Opens asked for together (the IMAP layer
@@ -220,6 +228,22 @@ class MboxFolder:
         if len(self._reads) == 1:
             self._lock.run(self._drain_reads)
         return d
+
+    def open_many(self, uids):
+        """L{IBatchOpen}: the batch L{open} makes of opens asked for together, asked for as one."""
+        ds = [self.open(uid) for uid in uids]
+        d = defer.DeferredList(ds, consumeErrors=True)
+
+        def files(results):
+            failed = [r for ok, r in results if not ok and not r.check(KeyError)]
+            if failed:
+                for ok, f in results:
+                    if ok:
+                        f.close()
+                return failed[0]  # the file can't be read (TemporaryFailure)
+            return [f if ok else None for ok, f in results]
+
+        return d.addCallback(files)
 
     def _drain_reads(self):
         batch, self._reads = self._reads, []
@@ -626,7 +650,14 @@ class MboxFolder:
                     self._cache_lines = live
                     writes.append(threads.deferToThread(index.rewrite_cache, self.index_dir, self.uidvalidity, whole))
                 else:
-                    writes.append(threads.deferToThread(index.append_cache, self.index_dir, self.uidvalidity, pending))
+                    # After any index write under way: that one makes the
+                    # index directory, whose absence append_cache reads as
+                    # "the folder was deleted".
+                    writes.append(
+                        self._index_lock.run(
+                            threads.deferToThread, index.append_cache, self.index_dir, self.uidvalidity, pending
+                        )
+                    )
             # Also wait for index writes already under way.
             writes.append(self._index_lock.run(lambda: None))
             return defer.gatherResults(writes)

@@ -31,8 +31,9 @@ VERSION = 1
 log = Logger()
 
 
-def _replace(path, payload, durable):
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+def _replace(path, payload, durable, create=True):
+    if create:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     with open(tmp, "wb") as f:
         f.write(payload)
@@ -92,21 +93,36 @@ def load_cache(index_dir, uidvalidity):
 
 
 def append_cache(index_dir, uidvalidity, items):
+    """
+    Append [(uid, field, value)]; starts the file when it's missing. The
+    index directory is made with the folder's first index, so when it is
+    missing the folder was deleted while this flush ran: a quiet no-op,
+    rather than an error or a stray directory for a folder that is gone.
+    """
+    if not os.path.isdir(index_dir):
+        return
     path = os.path.join(index_dir, CACHE)
-    if not os.path.exists(path):
-        rewrite_cache(index_dir, uidvalidity, {})
-    with open(path, "ab") as f:
-        f.write(b"".join(json.dumps(i, separators=(",", ":")).encode("utf-8") + b"\n" for i in items))
+    payload = b"".join(json.dumps(i, separators=(",", ":")).encode("utf-8") + b"\n" for i in items)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        try:
+            rewrite_cache(index_dir, uidvalidity, {}, create=False)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            return  # deleted between the check and the write
+    with os.fdopen(fd, "ab") as f:
+        f.write(payload)
 
 
-def rewrite_cache(index_dir, uidvalidity, cache):
+def rewrite_cache(index_dir, uidvalidity, cache, create=True):
     head = json.dumps({"uidvalidity": uidvalidity}).encode("utf-8") + b"\n"
     body = b"".join(
         json.dumps([uid, field, value], separators=(",", ":")).encode("utf-8") + b"\n"
         for uid, fields in sorted(cache.items())
         for field, value in fields.items()
     )
-    _replace(os.path.join(index_dir, CACHE), head + body, durable=False)
+    _replace(os.path.join(index_dir, CACHE), head + body, durable=False, create=create)
 
 
 def next_uidvalidity(state_dir, at_least=0):

@@ -16,7 +16,7 @@ from mailplat.interfaces import Envelope, PermanentFailure, TemporaryFailure
 from mailplat.smtp.address import PathError, parse_path, split_path
 from mailplat.smtp.framing import DataReader
 from mailplat.smtp.headers import received_header
-from mailplat.store.source import BytesSource, PrefixedSource, SpooledSource
+from mailplat.store.source import PrefixedSource, SpooledSource
 
 log = Logger()
 

@@ -21,6 +21,8 @@ import threading
 
 from twisted.logger import Logger
 
+from mailplat.store.jsonindex import load_versioned
+
 INDEX = "mailplat-index.json"
 CACHE = "mailplat-cache.jsonl"
 VERSION = 1
@@ -30,18 +32,7 @@ log = Logger()
 
 def load_index(folder_path):
     """@return: the index dict, or None when missing, unreadable or old."""
-    path = os.path.join(folder_path, INDEX)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warn("{path}: unreadable index, rebuilding ({e})", path=path, e=e)
-        return None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        return None
-    return data
+    return load_versioned(os.path.join(folder_path, INDEX), VERSION)
 
 
 def save_index(folder_path, data):

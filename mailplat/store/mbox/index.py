@@ -23,6 +23,8 @@ import time
 
 from twisted.logger import Logger
 
+from mailplat.store.jsonindex import load_versioned
+
 INDEX = "mailplat-index.json"
 CACHE = "mailplat-cache.jsonl"
 UIDVALIDITY = "mailplat-uidvalidity"
@@ -45,18 +47,7 @@ def _replace(path, payload, durable, create=True):
 
 def load(index_dir):
     """@return: the index dict, or None when missing, unreadable or of another version."""
-    path = os.path.join(index_dir, INDEX)
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warn("{path}: unreadable index, rebuilding ({e})", path=path, e=e)
-        return None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        return None
-    return data
+    return load_versioned(os.path.join(index_dir, INDEX), VERSION)
 
 
 def save(index_dir, data):

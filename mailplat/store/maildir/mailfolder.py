@@ -14,27 +14,26 @@ change, and events are published after the view changed.
 import errno
 import os
 import shutil
-from bisect import bisect_left
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.interfaces import FolderEvent, IBatchOpen, IMailFolder, TemporaryFailure
+from mailplat.store.folderview import FolderViewMixin
 from mailplat.store.maildir import names
 from mailplat.store.maildir.deliver import fsync_dir, write_message
 from mailplat.store.maildir.keywords import Keywords, normalise
 from mailplat.store.maildir.uidlist import UidList
-from mailplat.store.maildir.view import NO_FLAGS, FolderGone, FolderView, _by_uid, _crlf_size, _with
+from mailplat.store.maildir.view import NO_FLAGS, FolderGone, FolderView, _crlf_size, _with
 
 log = Logger()
 
 # Unwritten cache values that make a flush worth it before INDEX_DELAY.
-CACHE_BATCH = 500
 
 
 @implementer(IMailFolder, IBatchOpen)
-class MaildirMailFolder(FolderView):
+class MaildirMailFolder(FolderViewMixin, FolderView):
     """
     A maildir folder as IMAP sees it. Made by L{MaildirStore} only, one per
     folder directory per process; every session shares it.
@@ -76,42 +75,8 @@ class MaildirMailFolder(FolderView):
 
     # --- reading -------------------------------------------------------------
 
-    def messages(self):
-        return self._msgs
-
-    def info(self, uid):
-        """The L{MessageInfo} of `uid`, or None."""
-        return self._by_uid.get(uid)
-
-    def cached(self, uid, field):
-        fields = self._cache.get(uid)
-        return None if fields is None else fields.get(field)
-
-    def cache(self, uid, field, value):
-        if uid not in self._by_uid:
-            return
-        self._cache.setdefault(uid, {})[field] = value
-        self._cache_pending.append((uid, field, value))
-        # One flush queued at a time: a fast FETCH caches faster than a
-        # flush is written, and a queue of thousands of flushes waiting on
-        # the folder lock would exhaust the stack when they ran.
-        if len(self._cache_pending) >= CACHE_BATCH and not self._flush_queued:
-            self.flush()
-
-    def claim_recent(self, uids):
-        # RFC 3501 2.3.2: \Recent goes to the first session told of a message.
-        # As Dovecot's first_recent_uid: UIDs from here on are still unclaimed.
-        claimed = {uid for uid in uids if uid >= self._first_recent}
-        if claimed:
-            self._first_recent = max(claimed) + 1
-            self._index_dirty = True
-        return claimed
-
-    def recent_count(self):
-        # RFC 3501 6.3.10, 6.3.2: counted without claiming; the unclaimed
-        # messages are those from _first_recent on, the tail of the view.
-        msgs = self._msgs
-        return len(msgs) - bisect_left(msgs, self._first_recent, key=_by_uid)
+    def _recent_claimed(self):
+        self._index_dirty = True
 
     def open(self, uid):
         info = self._by_uid.get(uid)

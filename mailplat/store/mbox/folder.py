@@ -25,7 +25,6 @@ import io
 import mmap
 import os
 import time
-from bisect import bisect_left
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -39,13 +38,13 @@ from mailplat.interfaces import (
     IStoredMessage,
     TemporaryFailure,
 )
+from mailplat.store.folderview import FolderViewMixin, uid_of
 from mailplat.store.mbox import fileio, index, locking, mboxrd
 
 log = Logger()
 
 INDEX_DELAY = 1.0
 WRITEBACK_DELAY = 30.0
-CACHE_BATCH = 500
 EDGE = 64  # bytes of the file's start and end remembered to tell an append from a rewrite
 
 RETURN_PATH = object()  # a delivery's sender: the Return-Path on top of the message
@@ -146,7 +145,7 @@ class _Work:
 
 
 @implementer(IMailFolder, IBatchOpen)
-class MboxFolder:
+class MboxFolder(FolderViewMixin):
     """An mbox file as IMAP sees it. Made by L{MboxStore} only, one per file per process."""
 
     def __init__(self, store, path, name, index_dir):
@@ -183,37 +182,8 @@ class MboxFolder:
 
     # --- reading ------------------------------------------------------------------
 
-    def messages(self):
-        return self._msgs
-
-    def info(self, uid):
-        return self._by_uid.get(uid)
-
-    def cached(self, uid, field):
-        fields = self._cache.get(uid)
-        return None if fields is None else fields.get(field)
-
-    def cache(self, uid, field, value):
-        if uid not in self._by_uid:
-            return
-        self._cache.setdefault(uid, {})[field] = value
-        self._cache_pending.append((uid, field, value))
-        if len(self._cache_pending) >= CACHE_BATCH and not self._flush_queued:
-            self.flush()
-
-    def claim_recent(self, uids):
-        # RFC 3501 2.3.2, as Dovecot's first_recent_uid.
-        claimed = {uid for uid in uids if uid >= self._first_recent}
-        if claimed:
-            self._first_recent = max(claimed) + 1
-            self._index_soon()
-        return claimed
-
-    def recent_count(self):
-        # RFC 3501 6.3.10, 6.3.2: counted without claiming; the unclaimed
-        # messages are those from _first_recent on, the tail of the view.
-        msgs = self._msgs
-        return len(msgs) - bisect_left(msgs, self._first_recent, key=_by_uid)
+    def _recent_claimed(self):
+        self._index_soon()
 
     def open(self, uid):
         """
@@ -444,7 +414,7 @@ class MboxFolder:
         except (KeyError, TypeError, ValueError):
             w.first_recent = "scan"
             return
-        w.msgs = sorted(msgs, key=_by_uid)
+        w.msgs = sorted(msgs, key=uid_of)
         w.added = [m.uid for m in w.msgs]
         w.cache = index.load_cache(self.index_dir, uidvalidity)
         if self._current_stamp() == w.stamp:
@@ -531,7 +501,7 @@ class MboxFolder:
             w.uidnext += 1
             new.append(self._info(uid, w.uidvalidity, p))
         w.added.extend(m.uid for m in new)
-        w.msgs = sorted(kept + new, key=_by_uid)
+        w.msgs = sorted(kept + new, key=uid_of)
 
     def _info(self, uid, uidvalidity, p):
         date = p.date if p.date is not None else int(time.time())
@@ -968,7 +938,7 @@ class MboxFolder:
             raise
         finally:
             os.close(out)
-        w.msgs = sorted(kept, key=_by_uid)
+        w.msgs = sorted(kept, key=uid_of)
         w.own_removed = removed
         w.incremental = False
         w.stamp = _stamp(new)
@@ -985,10 +955,6 @@ class MboxFolder:
         self._gone = True
         self._msgs, self._by_uid, self._cache, self._cache_pending = [], {}, {}, []
         self._publish("expunge", uids)
-
-
-def _by_uid(info):
-    return info.uid
 
 
 def _fire(result, waiters):

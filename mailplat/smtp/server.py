@@ -14,7 +14,6 @@ One class serves the three SMTP ports; `policy` says which rules apply:
   smtps       - port 465: as submission, on implicit TLS.
 """
 
-from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -98,17 +97,6 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
             self.transport.loseConnection()
             return
         self.reply(220, None, f"{self.factory.hostname} ESMTP mailplat")
-
-    @staticmethod
-    def _settled(d):
-        """
-        A Deferred that fires when all of `d`'s chain has run. A Deferred
-        whose callback returned an unfired Deferred says `called` but is
-        still waiting; _process must wait for it (pipelined commands).
-        """
-        out = defer.Deferred()
-        d.chainDeferred(out)
-        return out
 
     def _refused_by_check(self, verdict):
         """Answer a check's reject/tempfail; True when the command is refused."""
@@ -266,7 +254,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
                 self._check_session.helo = rest.decode("utf-8", "replace")
                 answer(rest)
 
-        return self._settled(d.addCallback(judged))
+        return d.addCallback(judged)
 
     def _ehlo(self, rest):
         self._helo = (rest, self._peer.encode("ascii", "replace"))

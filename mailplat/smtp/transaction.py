@@ -177,7 +177,7 @@ class SMTPTransactionMixin:
             self._recipients = []
             self.reply(250, "2.1.0", "sender OK")
 
-        return self._settled(d.addCallback(allowed).addCallback(checked).addErrback(self._failed_reply))
+        return d.addCallback(allowed).addCallback(checked).addErrback(self._failed_reply)
 
     # --- RCPT ------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ class SMTPTransactionMixin:
             self._check_session.recipients.append(address)
             self.reply(250, "2.1.5", "recipient OK")
 
-        return self._settled(d.addCallback(checked).addErrback(self._failed_reply))
+        return d.addCallback(checked).addErrback(self._failed_reply)
 
     def _failed_reply(self, failure):
         if failure.check(PermanentFailure):
@@ -388,7 +388,7 @@ class SMTPTransactionMixin:
 
         d.addErrback(self._failed_reply)
         d.addBoth(finished)
-        return self._settled(d)
+        return d
 
     def _submission_headers(self, source):
         """RFC 6409 8.2/8.3: a submission server adds Date and Message-ID when missing."""

@@ -5,11 +5,17 @@ and \\Recent kept as Dovecot's first unclaimed UID.
 
 A folder class mixes this in and keeps `_msgs` (infos by ascending UID),
 `_by_uid`, `_cache`, `_cache_pending`, `_flush_queued` and
-`_first_recent`; it provides `flush()` and `_recent_claimed()` (how it
-persists the new first unclaimed UID).
+`_first_recent`, `_index_dirty`, `_index_written`, `_gone`, `_loaded`,
+`_sync_waiters`, `_lock` (a DeferredLock); it provides `flush()`,
+`needs_scan()`, `_rescan()` (read the disk, apply, fire with the
+messages), `_recent_claimed()` (persist the new first unclaimed UID), and
+the class attributes `gone_error` and `index_delay`.
 """
 
+import time
 from bisect import bisect_left
+
+from twisted.internet import defer
 
 # Cached values written to the index in batches of this many.
 CACHE_BATCH = 500
@@ -19,7 +25,43 @@ def uid_of(info):
     return info.uid
 
 
+def _fire(result, waiters):
+    for waiter in waiters:
+        waiter.callback(result)  # a Failure goes down the errback chain
+    return None
+
+
 class FolderViewMixin:
+    def sync(self):
+        """
+        See L{IMailFolder.sync}. Calls made while one waits for the lock
+        share its result: a burst of deliveries costs one scan.
+        """
+        d = defer.Deferred()
+        if self._sync_waiters is not None:
+            self._sync_waiters.append(d)
+            return d
+        self._sync_waiters = [d]
+
+        def start():
+            waiters, self._sync_waiters = self._sync_waiters, None
+            if self._gone:
+                step = defer.fail(self.gone_error(self.name))
+            elif self._loaded and not self.needs_scan():
+                step = defer.succeed(self._msgs)
+            else:
+                step = self._rescan()
+            return step.addBoth(_fire, waiters)
+
+        self._lock.run(start)
+        return d
+
+    def flush_due(self):
+        """True when lazily kept index or cache data is worth writing now (the poller asks)."""
+        if self._cache_pending:
+            return True
+        return self._index_dirty and time.time() - self._index_written >= self.index_delay
+
     def messages(self):
         return self._msgs
 

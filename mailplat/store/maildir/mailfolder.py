@@ -25,7 +25,7 @@ from mailplat.store.maildir import names
 from mailplat.store.maildir.deliver import fsync_dir, write_message
 from mailplat.store.maildir.keywords import Keywords, normalise
 from mailplat.store.maildir.uidlist import UidList
-from mailplat.store.maildir.view import NO_FLAGS, FolderGone, FolderView, _crlf_size, _with
+from mailplat.store.maildir.view import INDEX_DELAY, NO_FLAGS, FolderGone, FolderView, _crlf_size, _with
 
 log = Logger()
 
@@ -38,6 +38,9 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
     A maildir folder as IMAP sees it. Made by L{MaildirStore} only, one per
     folder directory per process; every session shares it.
     """
+
+    gone_error = FolderGone
+    index_delay = INDEX_DELAY
 
     def __init__(self, store, path, name):
         self.store = store
@@ -180,30 +183,9 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
 
     # --- sync ------------------------------------------------------------------
 
-    def sync(self):
-        """
-        See L{IMailFolder.sync}. Calls made while one waits for the lock
-        share its result: a burst of deliveries costs one scan.
-        """
-        d = defer.Deferred()
-        if self._sync_waiters is not None:
-            self._sync_waiters.append(d)
-            return d
-        self._sync_waiters = [d]
-
-        def start():
-            waiters, self._sync_waiters = self._sync_waiters, None
-            if self._gone:
-                step = defer.fail(FolderGone(self.name))
-            elif self._loaded and not self.needs_scan():
-                step = defer.succeed(self._msgs)
-            else:
-                step = threads.deferToThread(self._scan).addCallback(self._apply)
-                step.addErrback(self._vanished)
-            return step.addBoth(_fire, waiters)
-
-        self._lock.run(start)
-        return d
+    def _rescan(self):
+        step = threads.deferToThread(self._scan).addCallback(self._apply)
+        return step.addErrback(self._vanished)
 
     def _vanished(self, failure):
         """The directory went away behind our back (deleted by another program)."""
@@ -535,12 +517,6 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
 
 def _lower(flags):
     return {f.lower() for f in flags}
-
-
-def _fire(result, waiters):
-    for waiter in waiters:
-        waiter.callback(result)
-    return None
 
 
 def _transfer_file(source, destination, info, move, target_root):

@@ -481,12 +481,6 @@ class FolderView:
         d.addErrback(lambda f: log.failure("flushing the index of {path}", f, path=self.path))
         return d
 
-    def flush_due(self):
-        """True when lazily kept index or cache data is worth writing now."""
-        if self._cache_pending:
-            return True
-        return self._index_dirty and time.time() - self._index_written >= INDEX_DELAY
-
     def _own_begin(self):
         """Stamps before a change of our own (blocking, holding the lock)."""
         return self._current_stamps()

@@ -148,6 +148,9 @@ class _Work:
 class MboxFolder(FolderViewMixin):
     """An mbox file as IMAP sees it. Made by L{MboxStore} only, one per file per process."""
 
+    gone_error = FolderGone
+    index_delay = INDEX_DELAY
+
     def __init__(self, store, path, name, index_dir):
         self.store = store
         self.path = path
@@ -316,31 +319,9 @@ class MboxFolder(FolderViewMixin):
 
         return self._lock.run(run)
 
-    def sync(self):
-        """
-        See L{IMailFolder.sync}. Calls made while one waits for the lock
-        share its result.
-        """
-        d = defer.Deferred()
-        if self._sync_waiters is not None:
-            self._sync_waiters.append(d)
-            return d
-        self._sync_waiters = [d]
-
-        def start():
-            waiters, self._sync_waiters = self._sync_waiters, None
-            if self._gone:
-                step = defer.fail(FolderGone(self.name))
-            elif self._loaded and not self.needs_scan():
-                step = defer.succeed(self._msgs)
-            else:
-                w = _Work(self)
-                step = threads.deferToThread(self._sync_work, w).addCallback(self._apply)
-                step.addCallbacks(lambda _: self._msgs, self._vanished)
-            return step.addBoth(_fire, waiters)
-
-        self._lock.run(start)
-        return d
+    def _rescan(self):
+        step = threads.deferToThread(self._sync_work, _Work(self)).addCallback(self._apply)
+        return step.addCallbacks(lambda _: self._msgs, self._vanished)
 
     def _vanished(self, failure):
         """The file went away behind our back (deleted by another program)."""
@@ -635,12 +616,6 @@ class MboxFolder(FolderViewMixin):
         d = self._lock.run(run)
         d.addErrback(lambda f: log.failure("flushing the index of {path}", f, path=self.path))
         return d
-
-    def flush_due(self):
-        """True when lazily kept index, cache or flag data is worth writing now (the poller asks)."""
-        if self._cache_pending:
-            return True
-        return self._index_dirty and time.time() - self._index_written >= INDEX_DELAY
 
     def write_back_due(self):
         return self._flags_since is not None and time.time() - self._flags_since >= WRITEBACK_DELAY
@@ -955,9 +930,3 @@ class MboxFolder(FolderViewMixin):
         self._gone = True
         self._msgs, self._by_uid, self._cache, self._cache_pending = [], {}, {}, []
         self._publish("expunge", uids)
-
-
-def _fire(result, waiters):
-    for waiter in waiters:
-        waiter.callback(result)  # a Failure goes down the errback chain
-    return None

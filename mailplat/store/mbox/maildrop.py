@@ -4,7 +4,6 @@ with UID-based keys (Dovecot's UIDL), deletions at QUIT and \\Seen for
 mail retrieved.
 """
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from mailplat.interfaces import IFolder
@@ -22,23 +21,12 @@ class MboxPOP3Folder:
     def _folder(self):
         return self._opening()
 
-    @staticmethod
-    def _settled(d):
-        """
-        A Deferred that fires when `d`'s whole chain is done. (A chain that
-        started synchronously and waits on a thread is `called` already;
-        the POP3 server takes `called` to mean "answered".)
-        """
-        out = defer.Deferred()
-        d.addBoth(out.callback)
-        return out
-
     def _uids(self, folder, keys):
         by_key = {m.key: m.uid for m in folder.messages()}
         return [by_key[k] for k in keys if k in by_key]
 
     def messages(self):
-        return self._settled(self._folder().addCallback(lambda folder: list(folder.messages())))
+        return self._folder().addCallback(lambda folder: list(folder.messages()))
 
     def open_message(self, key):
         def found(folder):
@@ -47,10 +35,10 @@ class MboxPOP3Folder:
                 raise KeyError(key)
             return folder.open(uids[0])
 
-        return self._settled(self._folder().addCallback(found))
+        return self._folder().addCallback(found)
 
     def remove(self, keys):
-        return self._settled(self._folder().addCallback(lambda folder: folder.remove(self._uids(folder, keys))))
+        return self._folder().addCallback(lambda folder: folder.remove(self._uids(folder, keys)))
 
     def add_flags(self, keys, flags):
         """Mail read over POP3 is \\Seen over IMAP, as Dovecot does."""
@@ -59,4 +47,4 @@ class MboxPOP3Folder:
             # Into the file before QUIT is answered: mutt reads it next.
             return d.addCallback(lambda _: folder.write_back())
 
-        return self._settled(self._folder().addCallback(mark))
+        return self._folder().addCallback(mark)

@@ -39,6 +39,14 @@ class LoginThrottle:
     After `max_failures` failures the address is refused until the window
     has passed; before that each failure delays the answer by one second
     more (a tarpit that costs a guessing client time, not us threads).
+
+    Two ways around a naive count are closed (issue 17 #6):
+
+    - a success forgets only the failures for the same user name, so an
+      account the guesser owns cannot wipe the guesses at other accounts;
+    - a login is counted as pending from the moment it is admitted until
+      its password check ends, and pending + recent failures must stay
+      under the limit: parallel guesses cannot all reach the checker.
     """
 
     def __init__(self, max_failures=5, window=600, clock=time.monotonic, step=1.0):
@@ -46,7 +54,8 @@ class LoginThrottle:
         self.window = window
         self.step = step
         self._clock = clock
-        self._failures = {}
+        self._failures = {}  # address -> [(time, user name), ...]
+        self._pending = {}  # address -> password checks under way
 
     @classmethod
     def from_limits(cls, limits):
@@ -55,7 +64,7 @@ class LoginThrottle:
 
     def _recent(self, address):
         now = self._clock()
-        times = [t for t in self._failures.get(address, ()) if now - t < self.window]
+        times = [f for f in self._failures.get(address, ()) if now - f[0] < self.window]
         if times:
             self._failures[address] = times
         else:
@@ -63,18 +72,79 @@ class LoginThrottle:
         return times
 
     def blocked(self, address):
-        return len(self._recent(address)) >= self.max_failures
+        used = len(self._recent(address)) + self._pending.get(address, 0)
+        return used >= self.max_failures
 
     def delay(self, address):
         """Seconds to wait before answering a failed attempt."""
         return min(len(self._recent(address)), self.max_failures) * self.step
 
-    def failed(self, address):
+    def begin(self, address, username=None):
+        """
+        Admit one password check: a L{LoginAttempt} to end with succeeded(),
+        failed() or abandoned(); None when the address is refused (the
+        password must then not be checked at all).
+        """
+        if self.blocked(address):
+            return None
+        self._pending[address] = self._pending.get(address, 0) + 1
+        return LoginAttempt(self, address, username)
+
+    def _release(self, address):
+        count = self._pending.get(address, 0) - 1
+        if count <= 0:
+            self._pending.pop(address, None)
+        else:
+            self._pending[address] = count
+
+    def failed(self, address, username=None):
         self._recent(address)
-        self._failures.setdefault(address, []).append(self._clock())
+        self._failures.setdefault(address, []).append((self._clock(), username))
         if len(self._failures) > 100_000:  # bound memory under a spray of addresses
-            oldest = min(self._failures, key=lambda a: self._failures[a][-1])
+            oldest = min(self._failures, key=lambda a: self._failures[a][-1][0])
             del self._failures[oldest]
 
-    def succeeded(self, address):
-        self._failures.pop(address, None)
+    def succeeded(self, address, username=None):
+        """Forget this user name's failures from the address, and only those."""
+        kept = [f for f in self._recent(address) if f[1] != username]
+        if kept:
+            self._failures[address] = kept
+        else:
+            self._failures.pop(address, None)
+
+
+class LoginAttempt:
+    """One admitted password check; ending it frees its pending slot once."""
+
+    def __init__(self, throttle, address, username):
+        self._throttle = throttle
+        self.address = address
+        self.username = username
+        self._open = True
+
+    def _end(self):
+        if self._open:
+            self._open = False
+            self._throttle._release(self.address)
+            return True
+        return False
+
+    def succeeded(self):
+        if self._end():
+            self._throttle.succeeded(self.address, self.username)
+
+    def failed(self):
+        """Record the failure; returns the delay to apply to the answer."""
+        delay = self._throttle.delay(self.address)
+        if self._end():
+            self._throttle.failed(self.address, self.username)
+        return delay
+
+    def abandoned(self):
+        """The check could not be made (a temporary failure): neither outcome."""
+        self._end()
+
+    def settle(self, result):
+        """addBoth at the end of a login chain: a slot is never left pending."""
+        self._end()
+        return result

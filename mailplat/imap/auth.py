@@ -91,31 +91,32 @@ class AuthCommands:
         return self._login(tag, state["user"], decoded)
 
     def _login(self, tag, user, password):
-        throttle = self.factory.throttle
-        if throttle.blocked(self._peer):
+        # Admitted before the password is checked: parallel guesses count too.
+        attempt = self.factory.throttle.begin(self._peer, user)
+        if attempt is None:
             return self.no(tag, "[UNAVAILABLE] too many failed logins; try again later")
-        d = self.portal.login(credentials.UsernamePassword(user, password), None, imap4.IAccount)
+        d = defer.maybeDeferred(self.portal.login, credentials.UsernamePassword(user, password), None, imap4.IAccount)
 
         def ok(result):
             _, avatar, logout = result
             self._onLogout = logout
             self.account = avatar.account
             self.state = AUTH
-            throttle.succeeded(self._peer)
+            attempt.succeeded()
             self.setTimeout(max(self.timeOut, AUTHENTICATED_TIMEOUT))
             log.info("IMAP login {user} from {peer}", user=user.decode("utf-8", "replace"), peer=self._peer)
             self.ok(tag, b"[CAPABILITY " + b" ".join(self.capability_list()) + b"] logged in")
 
         def failed(failure):
             if failure.check(cred_error.UnauthorizedLogin):
-                delay = throttle.delay(self._peer)
-                throttle.failed(self._peer)
+                delay = attempt.failed()
                 wait = defer.Deferred()
                 reactor.callLater(delay, wait.callback, None)
                 return wait.addCallback(lambda _: self.no(tag, "[AUTHENTICATIONFAILED] authentication failed"))
+            attempt.abandoned()
             if failure.check(TemporaryFailure):
                 return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
             log.failure("IMAP login error", failure)
             return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
 
-        return d.addCallbacks(ok, failed)
+        return d.addCallbacks(ok, failed).addBoth(attempt.settle)

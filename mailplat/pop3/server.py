@@ -16,6 +16,7 @@ command dispatch, so that:
 
 import base64
 import binascii
+import sys
 
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import defer, protocol, reactor, threads
@@ -30,6 +31,22 @@ log = Logger()
 
 MAX_LINE = 1024  # RFC 2449 4: commands up to 255 octets; be generous.
 MAX_ERRORS = 20
+MAX_DIGITS = 18  # any number longer than this is past every message count
+
+
+def decimal(arg):
+    """
+    A non-negative decimal number from the network (RFC 1939 3: ASCII
+    digits only, none of int()'s "+1", "1_0" or other scripts' digits);
+    None when `arg` is not one, and the limit L{MAX_DIGITS} + 1 nines when
+    it has more significant digits than that (no int() of 5,000 digits).
+    """
+    if not arg or not arg.isdigit():  # bytes.isdigit is ASCII only
+        return None
+    digits = arg.lstrip(b"0") or b"0"
+    if len(digits) > MAX_DIGITS:
+        return 10 ** (MAX_DIGITS + 1) - 1
+    return int(digits)
 
 
 def wire_format(data):
@@ -308,43 +325,42 @@ class MailplatPOP3(pop3.POP3):
         return self._login(fields[1], fields[2])
 
     def _login(self, user, password):
-        throttle = self.factory.throttle
-        if throttle.blocked(self._peer):
+        # Admitted before the password is checked: parallel guesses count too.
+        attempt = self.factory.throttle.begin(self._peer, user)
+        if attempt is None:
             self.failResponse(b"[SYS/TEMP] too many failed logins; try again later")
             return None
-        d = self.portal.login(credentials.UsernamePassword(user, password), None, pop3.IMailbox)
+        d = defer.maybeDeferred(self.portal.login, credentials.UsernamePassword(user, password), None, pop3.IMailbox)
 
         def ok(result):
             _, mbox, logout = result
             self.mbox, self._onLogout = mbox, logout
-            throttle.succeeded(self._peer)
+            attempt.succeeded()
             log.info("POP3 login {user} from {peer}", user=user.decode("utf-8", "replace"), peer=self._peer)
             self.successResponse(b"maildrop ready")
 
         def failed(failure):
             if failure.check(cred_error.UnauthorizedLogin):
-                delay = throttle.delay(self._peer)
-                throttle.failed(self._peer)
+                delay = attempt.failed()
                 wait = defer.Deferred()
                 reactor.callLater(delay, wait.callback, None)
                 return wait.addCallback(lambda _: self.failResponse(b"[AUTH] authentication failed"))
+            attempt.abandoned()
             if not failure.check(TemporaryFailure):
                 log.failure("POP3 login error", failure)
             self.failResponse(b"[SYS/TEMP] temporary failure, try again later")
 
-        return d.addCallbacks(ok, failed)
+        return d.addCallbacks(ok, failed).addBoth(attempt.settle)
 
     # --- TRANSACTION state ------------------------------------------------
 
     def _message_number(self, arg):
         """1-based number -> 0-based index of a live message, or None (error sent)."""
-        try:
-            i = int(arg) - 1
-            if i < 0 or i >= len(self.mbox.messages):
-                raise ValueError
-        except ValueError:
+        number = decimal(arg)
+        if number is None or not 1 <= number <= len(self.mbox.messages):
             self._error(b"no such message")
             return None
+        i = number - 1
         if self.mbox.is_deleted(i):
             self._error(b"message is deleted")
             return None
@@ -401,12 +417,12 @@ class MailplatPOP3(pop3.POP3):
         i = self._message_number(args[0])
         if i is None:
             return None
-        try:
-            lines = int(args[1])
-            if lines < 0:
-                raise ValueError
-        except ValueError:
+        lines = decimal(args[1])
+        if lines is None:
             return self._error(b"bad line count")
+        # RFC 1939 7: a count past the body's lines sends the whole message;
+        # a huge count is such a count (bounded so str.split can take it).
+        lines = min(lines, sys.maxsize)
         return self._send(i, lambda data: wire_format(top_of(data, lines)), b"top of message follows")
 
     def _send(self, i, transform, status):

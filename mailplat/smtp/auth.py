@@ -89,27 +89,32 @@ class SMTPAuthMixin:
                 return None
             username, password = state["username"], decoded
         self._state = COMMAND
-        d = self.portal.login(credentials.UsernamePassword(username, password), None, IMailUser)
-        return d.addCallbacks(self._auth_ok, self._auth_failed)
+        # Admitted before the password is checked: parallel guesses count too.
+        attempt = self.factory.throttle.begin(self._peer, username)
+        if attempt is None:
+            self.reply(454, "4.7.0", "too many failed logins; try again later")
+            return None
+        d = defer.maybeDeferred(self.portal.login, credentials.UsernamePassword(username, password), None, IMailUser)
+        return d.addCallbacks(self._auth_ok, self._auth_failed, callbackArgs=(attempt,), errbackArgs=(attempt,)).addBoth(attempt.settle)
 
-    def _auth_ok(self, result):
+    def _auth_ok(self, result, attempt):
         _, avatar, logout = result
         self._user = avatar
         self._check_session.authenticated_as = avatar.address
-        self.factory.throttle.succeeded(self._peer)
+        attempt.succeeded()
         log.info("SMTP AUTH {user} from {peer}", user=avatar.address, peer=self._peer)
         self.reply(235, "2.7.0", "authentication successful")
 
-    def _auth_failed(self, failure):
+    def _auth_failed(self, failure, attempt):
         if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
-            delay = self.factory.throttle.delay(self._peer)
-            self.factory.throttle.failed(self._peer)
+            delay = attempt.failed()
             log.info("SMTP AUTH failed from {peer}", peer=self._peer)
             d = defer.Deferred()
             reactor.callLater(delay, d.callback, None)
             return d.addCallback(
                 lambda _: self.reply(535, "5.7.8", "authentication credentials invalid")
             )
+        attempt.abandoned()
         if failure.check(TemporaryFailure):
             self.reply(454, "4.7.0", "temporary authentication failure")
         else:

@@ -10,7 +10,7 @@ fooled:
 - a message past the size limit is read to its end and then refused.
 
 Lines are handed to the sink with LF line ends, as maildir and mbox files
-keep them.
+keep them; the size limit counts the message as sent, with CRLF (RFC 1870).
 """
 
 
@@ -48,9 +48,12 @@ class DataReader:
             text = text[: end + 2]
         if len(text) > self.max_line and max(map(len, text.split(b"\r\n"))) > self.max_line:
             self.long_line = True
-        # Remove one leading dot from each line (RFC 5321 4.5.2), then LF ends.
-        data = text.replace(b"\r\n.", b"\r\n")[2:].replace(b"\r\n", b"\n")
-        self.size += len(data)
+        # Remove one leading dot from each line (RFC 5321 4.5.2). The size
+        # limit counts these octets, CRLF line ends included (RFC 1870 3),
+        # before they become the LF line ends we store.
+        unstuffed = text.replace(b"\r\n.", b"\r\n")[2:]
+        self.size += len(unstuffed)
+        data = unstuffed.replace(b"\r\n", b"\n")
         if self.size > self.max_size:
             self.too_big = True
         if data and not self.too_big and not self.long_line:

@@ -24,6 +24,13 @@ COMMAND, DATA, BDAT = "COMMAND", "DATA", "BDAT"
 
 _MISSING_HEADER = re.compile(rb"^(message-id|date)[ \t]*:", re.I | re.M)
 
+# RFC 1870 6: size-value ::= 1*20DIGIT (ASCII digits only; int() would also
+# take "+1", "1_0" and non-ASCII digits, and refuses over 4,300 digits).
+_SIZE_VALUE = re.compile(r"[0-9]{1,20}")
+# RFC 3030 2: chunk-size ::= 1*DIGIT, unbounded; more than 20 significant
+# digits is more octets than any message we could take.
+_CHUNK_SIZE = re.compile(rb"0*([0-9]{1,20})")
+
 
 class BdatChunk:
     """Where we are in one BDAT chunk (RFC 3030 2)."""
@@ -129,8 +136,8 @@ class SMTPTransactionMixin:
     def _check_mail_param(self, key, value):
         """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 4954 AUTH."""
         if key == "SIZE":
-            if not value or not value.isdigit():
-                return (501, "5.5.4", "SIZE needs a number")
+            if not value or not _SIZE_VALUE.fullmatch(value):
+                return (501, "5.5.4", "SIZE needs a number of at most 20 digits")
             if int(value) > self.factory.limits["message_size"]:
                 return (552, "5.3.4", "message size exceeds fixed maximum message size")
         elif key == "BODY":
@@ -281,7 +288,14 @@ class SMTPTransactionMixin:
             self._state = "CLOSED"
             self.transport.loseConnection()
             return
-        size, last = int(parts[0]), len(parts) == 2
+        number = _CHUNK_SIZE.fullmatch(parts[0])
+        if number is None:
+            # Too many octets to read and discard: refuse and close (RFC 3030 2).
+            self.reply(552, "5.3.4", "BDAT chunk exceeds fixed maximum message size; closing")
+            self._state = "CLOSED"
+            self.transport.loseConnection()
+            return
+        size, last = int(number.group(1)), len(parts) == 2
         error = None
         if self._transaction is None:
             error = (503, "5.5.1", "need MAIL before BDAT")

@@ -11,6 +11,7 @@ or a remote address (left to relay).
 from twisted.internet import defer
 
 from mailplat.interfaces import NoSuchUser, PermanentFailure
+from mailplat.store import boundary
 
 MAX_DEPTH = 20
 
@@ -51,12 +52,17 @@ class AddressResolver:
         return address.rpartition("@")[2].lower() in self.local_domains
 
     def split_tag(self, address):
-        """'alice+lists@d' -> ('alice@d', 'lists'); no tag -> (address, None)."""
+        """
+        'alice+lists@d' -> ('alice@d', 'lists'); no tag -> (address, None).
+        A tag that can name no folder (`alice+/@`, `alice+../bob@`: see
+        L{boundary.tag_folder}) is still alice, into her INBOX: the store
+        checks again, this keeps such a tag from reaching it at all.
+        """
         local, _, domain = address.rpartition("@")
         if self.delimiter and self.delimiter in local:
             base, _, tag = local.partition(self.delimiter)
             if base and tag:
-                return f"{base}@{domain}", tag
+                return f"{base}@{domain}", boundary.tag_folder(tag)
         return address, None
 
     @defer.inlineCallbacks

@@ -17,6 +17,7 @@ from twisted.mail import imap4
 from mailplat.imap.fetch import flag_list
 from mailplat.imap.parser import BadCommand, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, recent_count, unclaimed
+from mailplat.store.boundary import RefusedName
 from mailplat.store.source import BytesSource
 
 log = Logger()
@@ -209,7 +210,7 @@ class MailboxCommands:
         d = defer.maybeDeferred(self.account.rename, old, new)
 
         def refused(failure):
-            if failure.check(KeyError):
+            if failure.check(KeyError) and not failure.check(RefusedName):
                 return self.no(tag, "[NONEXISTENT] no such mailbox")
             failure.trap(ValueError)
             self.no(tag, f"[CANNOT] {failure.value}")
@@ -402,6 +403,9 @@ class MailboxCommands:
 
         def missing(failure):
             failure.trap(KeyError)
+            if failure.check(RefusedName):
+                # RFC 5530: creating it would not help.
+                return self.no(tag, f"[CANNOT] {failure.value}")
             self.no(tag, "[TRYCREATE] no such mailbox")
 
         return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r else None)

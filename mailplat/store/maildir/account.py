@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.interfaces import IMailAccount
+from mailplat.store import boundary
 from mailplat.store.maildir import layout, names
 from mailplat.store.maildir.deliver import ensure_maildir, fsync_dir
 from mailplat.store.maildir.uidlist import dotlock
@@ -167,7 +168,8 @@ def list_folders(root):
         entries = []
     for entry in entries:
         name = layout.name_from_entry(entry)
-        if name and os.path.isdir(os.path.join(root, entry)):
+        path = os.path.join(root, entry)
+        if name and os.path.isdir(path) and _listable(root, path, name):
             real.add(name)
     special = read_special_use(root) or {}
     has_children = {p for n in real for p in layout.parents(n)}
@@ -181,6 +183,24 @@ def list_folders(root):
             attributes.add(special[name])
         out.append((name, frozenset(attributes)))
     return out
+
+
+def _listable(root, path, name):
+    """A folder LIST may show: none that leads out of the account (a symlink, its own or its cur/'s)."""
+    try:
+        layout.confine(root, path, name)
+    except boundary.RefusedName:
+        return False
+    return True
+
+
+def _remove_tree(path):
+    # A folder that is a symlink (to a sibling) goes as a link: rmtree
+    # refuses links, and must never follow one.
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- the account ----------------------------------------------------------------
@@ -208,9 +228,15 @@ class MaildirAccount:
         return threads.deferToThread(list_folders, self.root)
 
     def folder(self, name):
+        # Every command that names a mailbox comes through here or through
+        # layout.resolve (create, delete, rename): the account boundary.
+        try:
+            path = layout.spelled_path(self.root, name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = layout.canonical(name)
-        path = layout.folder_path(self.root, name)
-        return self.store._open_folder(path, name)
+        root = self.root
+        return self.store._open_folder(path, name, check=lambda: layout.confine(root, path, name))
 
     def special_use(self):
         """@return: Deferred firing with {name: attribute} (RFC 6154)."""
@@ -232,7 +258,7 @@ class MaildirAccount:
         root = self.root
 
         def run():
-            if os.path.isdir(layout.folder_path(root, name)):
+            if os.path.isdir(layout.resolve(root, name)):
                 raise ValueError(f"folder exists: {name}")
             # RFC 3501 6.3.3: create the superiors a name needs.
             for parent in layout.parents(name):
@@ -262,20 +288,24 @@ class MaildirAccount:
                 write_subscriptions(self.root, subscribed)
 
     def delete(self, name):
+        try:
+            path = layout.spelled_path(self.root, name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = layout.canonical(name)
         if layout.is_inbox(name):
             return defer.fail(ValueError("INBOX can't be deleted"))
-        path = layout.folder_path(self.root, name)
         root = self.root
 
         def run():
+            layout.confine(root, path, name)
             if not os.path.isdir(path):
                 raise KeyError(name)
             # Out of sight at once (one rename), then removed at leisure.
             trash = os.path.join(root, layout.TRASHED_PREFIX + names.unique_name())
             os.rename(path, trash)
             fsync_dir(root)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove_tree(trash)
             self._update_special(lambda m: m.pop(name, None))
 
         def locked():
@@ -286,16 +316,16 @@ class MaildirAccount:
         return self._serial(locked)
 
     def rename(self, old, new):
-        old = layout.canonical(old)
         try:
+            old_path = layout.spelled_path(self.root, old)
             layout.check_name(new)
             new = layout.canonical(new)
         except ValueError:
             return defer.fail()
+        old = layout.canonical(old)
         if layout.is_inbox(old):
             return self._serial(self._rename_inbox, new)
         root = self.root
-        old_path = layout.folder_path(root, old)
         prefix = "." + layout.encode(old) + layout.SEPARATOR
 
         def plan():
@@ -309,8 +339,10 @@ class MaildirAccount:
             return moves
 
         def run():
+            layout.confine(root, old_path, old)
             if not os.path.isdir(old_path):
                 raise KeyError(old)
+            layout.resolve(root, new)
             if new == old or new.startswith(old + layout.SEPARATOR):
                 raise ValueError(f"can't rename {old} into itself")
             moves = plan()
@@ -346,7 +378,7 @@ class MaildirAccount:
         root = self.root
 
         def make():
-            if os.path.isdir(layout.folder_path(root, new)):
+            if os.path.isdir(layout.resolve(root, new)):
                 raise ValueError(f"folder exists: {new}")
             for parent in layout.parents(new):
                 if not layout.is_inbox(parent):
@@ -366,10 +398,13 @@ class MaildirAccount:
         return threads.deferToThread(read_subscriptions, self.root)
 
     def subscribe(self, name):
-        # RFC 3501 6.3.6: a name that does not exist may be subscribed, but
-        # it must fit on one line of the file.
-        if not name or any(c in name for c in "\r\n\0"):
-            return defer.fail(ValueError(f"folder name not allowed: {name!r}"))
+        # RFC 3501 6.3.6: a name that does not exist may be subscribed,
+        # but not one no folder can have (nor one that doesn't fit on a
+        # line of the file).
+        try:
+            layout.check_spelling(name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = layout.canonical(name)
         return self._serial(
             threads.deferToThread, self._update_subscriptions, lambda s: s if name in s else s + [name]

@@ -11,12 +11,16 @@ Dovecot and mailplat unchanged.
 import base64
 import os
 
+from mailplat.store import boundary
+
 SEPARATOR = "."
 INBOX = "INBOX"
 # The files written in every Maildir++ folder (maildir++ spec: marks a folder).
 FOLDER_MARKER = "maildirfolder"
 # A folder being deleted is first renamed to this prefix (ignored by list).
 TRASHED_PREFIX = "..mailplat-deleted."
+# A maildir's own directories (maildir spec); deliver.py writes the same.
+MAILDIR_SUBDIRS = ("tmp", "new", "cur")
 
 
 def is_inbox(name):
@@ -39,21 +43,30 @@ def root_of(path, name):
     return path if is_inbox(name) else os.path.dirname(path)
 
 
+def check_spelling(name):
+    """
+    The spelling of a name that can be a folder of this layout (INBOX
+    included), without looking at the disk.
+
+    @raise RefusedName: see L{boundary.check_spelling}; and '/', which is no
+        separator here: `.` + `/tmp` would be the maildir's own tmp/.
+    """
+    if isinstance(name, str) and is_inbox(name):
+        return
+    boundary.check_spelling(name, SEPARATOR, encode=encode)
+    if "/" in name:
+        raise boundary.RefusedName("mailbox name has a character maildir can't store ('/')")
+
+
 def check_name(name):
     """
+    A name CREATE and RENAME may give a new folder.
+
     @raise ValueError: a name Maildir++ can't store, saying why.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError("empty folder name")
-    if is_inbox(name):
+    if isinstance(name, str) and is_inbox(name):
         raise ValueError("INBOX always exists")
-    if any(c in name for c in "/\0\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ValueError(f"folder name has a character maildir can't store: {name!r}")
-    parts = name.split(SEPARATOR)
-    if any(not p for p in parts):
-        raise ValueError(f"folder name has an empty level: {name!r}")
-    if len(encode(name)) > 250:
-        raise ValueError("folder name too long")
+    check_spelling(name)
 
 
 def parents(name):
@@ -66,6 +79,46 @@ def folder_path(root, name):
     if is_inbox(name):
         return root
     return os.path.join(root, "." + encode(name))
+
+
+def spelled_path(root, name):
+    """
+    Where a folder name lives, from its spelling only (no I/O: safe in the
+    reactor thread). @raise RefusedName: a name no folder can have.
+    """
+    check_spelling(name)
+    return folder_path(root, canonical(name))
+
+
+def confine(root, path, name):
+    """
+    Blocking: refuse a folder whose directory, symlinks followed, is not a
+    folder of the account at `root`: INBOX is the root itself, any other
+    folder a `.Name` entry right in it (a symlink to a sibling folder is
+    fine, one to another account, to the root or its cur/ is not); and
+    the tmp/ new/ cur/ in it are its own (maildir spec).
+
+    @raise RefusedName: outside the account.
+    """
+    if not is_inbox(name):
+        rel = boundary.inside(path, root)
+        if rel is None or os.sep in rel or name_from_entry(rel) is None:
+            raise boundary.RefusedName("mailbox is outside the account")
+    real = os.path.realpath(path)
+    for sub in MAILDIR_SUBDIRS:
+        inner = os.path.join(path, sub)
+        if os.path.lexists(inner) and os.path.realpath(inner) != os.path.join(real, sub):
+            raise boundary.RefusedName("mailbox is outside the account")
+
+
+def resolve(root, name):
+    """
+    The one way from a mailbox name to its directory (blocking): the
+    spelling, then the real path. @raise RefusedName.
+    """
+    path = spelled_path(root, name)
+    confine(root, path, name)
+    return path
 
 
 def name_from_entry(entry):

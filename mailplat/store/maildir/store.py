@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.interfaces import IFolderStore, PermanentFailure
+from mailplat.store import boundary
 from mailplat.store.maildir import layout
 from mailplat.store.maildir.account import MaildirAccount, set_up
 from mailplat.store.maildir.deliver import ensure_maildir, write_message
@@ -54,8 +55,16 @@ def expand(template, address):
 
 
 def folder_dir(root, name):
-    """Maildir++ layout: INBOX is the root, `Sent` is `.Sent`, `A/B` is `.A.B`."""
-    return layout.folder_path(root, name.replace("/", layout.SEPARATOR))
+    """
+    The folder a delivery names (a plus tag, a check's Junk), through the
+    account boundary (blocking); None for a name that can't be a folder
+    of this account. Maildir++ layout: INBOX is the root, `Sent` is
+    `.Sent`, `A/B` is `.A.B`.
+    """
+    try:
+        return layout.resolve(root, name.replace("/", layout.SEPARATOR))
+    except boundary.RefusedName:
+        return None
 
 
 @implementer(IFolderStore)
@@ -87,8 +96,9 @@ class MaildirStore:
         def run():
             target = root
             if folder:
+                # `alice+/@` (".", the domain directory) and the like land in INBOX.
                 candidate = folder_dir(root, folder)
-                if os.path.isdir(os.path.join(candidate, "cur")):
+                if candidate is not None and os.path.isdir(os.path.join(candidate, "cur")):
                     target = candidate
             return target, write_message(target, source)
 
@@ -125,8 +135,13 @@ class MaildirStore:
 
     # --- the folder registry ----------------------------------------------------------
 
-    def _open_folder(self, path, name):
-        """The one folder object for `path`, synced once; KeyError if absent."""
+    def _open_folder(self, path, name, check=None):
+        """
+        The one folder object for `path`, synced once; KeyError if absent.
+
+        @param check: run in a thread before a folder is first opened
+            (layout.confine: the account boundary); it raises to refuse.
+        """
         existing = self._folders.get(path)
         if existing is not None and existing._loaded and not existing._gone:
             # Cheap when nothing changed (three stats); a folder nobody
@@ -139,6 +154,8 @@ class MaildirStore:
         self._opening[path] = waiters = []
 
         def exists():
+            if check is not None:
+                check()
             if layout.is_inbox(name):
                 ensure_maildir(path)
                 return True

@@ -24,6 +24,7 @@ from twisted.internet import defer, threads
 from zope.interface import implementer
 
 from mailplat.interfaces import IMailAccount
+from mailplat.store import boundary
 from mailplat.store.maildir.layout import decode, encode
 from mailplat.store.mbox import locking
 
@@ -47,23 +48,69 @@ def canonical(name):
     return INBOX if name.upper() == INBOX else name
 
 
-def check_name(name):
-    """@raise ValueError: a name that can't be an mbox folder, saying why."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("empty folder name")
-    if name.upper() == INBOX:
-        raise ValueError("INBOX always exists")
+def check_spelling(name):
+    """
+    The spelling of a name that can be a folder (INBOX included), without
+    looking at the disk.
+
+    @raise boundary.RefusedName: see L{boundary.check_spelling}; and a
+        level starting with '.' (`.imap/`, the subscriptions: not folders)
+        or ending in `.lock` (a dotlock), and INBOX's "subfolders".
+    """
+    if isinstance(name, str) and name.upper() == INBOX:
+        return
+    boundary.check_spelling(name, SEPARATOR, encode=encode)
     if name.upper().startswith(INBOX + SEPARATOR):
-        raise ValueError("INBOX is an mbox file and can't have subfolders")
-    if any(c in name for c in "\0\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ValueError(f"folder name has a character a file name can't hold: {name!r}")
+        raise boundary.RefusedName("INBOX is an mbox file and can't have subfolders")
     for part in name.split(SEPARATOR):
-        if not part:
-            raise ValueError(f"folder name has an empty level: {name!r}")
         if part.startswith(".") or part.endswith(locking.LOCK_SUFFIX):
-            raise ValueError(f"folder name can't start with '.' or end in '.lock': {name!r}")
-    if len(encode(name)) > 250:
-        raise ValueError("folder name too long")
+            raise boundary.RefusedName("folder name can't start with '.' or end in '.lock'")
+
+
+def check_name(name):
+    """@raise ValueError: a name CREATE or RENAME can't give a folder, saying why."""
+    if isinstance(name, str) and name.upper() == INBOX:
+        raise ValueError("INBOX always exists")
+    check_spelling(name)
+
+
+def spelled_path(root, inbox_path, name):
+    """
+    Where a folder name lives, from its spelling only (no I/O: safe in the
+    reactor thread). @raise boundary.RefusedName.
+    """
+    check_spelling(name)
+    return inbox_path if canonical(name) == INBOX else os.path.join(root, relative(name))
+
+
+def confine(root, inbox_path, name, path):
+    """
+    Blocking: refuse a folder whose file (or directory), symlinks
+    followed, is not inside the account's root, or is one of the files
+    that are no folders there (`.imap/`, dot files, dotlocks, INBOX under
+    another name). INBOX itself may live elsewhere (a system spool).
+
+    @raise boundary.RefusedName: outside the account.
+    """
+    if canonical(name) == INBOX:
+        return
+    rel = boundary.inside(path, root)
+    if (
+        rel is None
+        or any(p.startswith(".") or p.endswith(locking.LOCK_SUFFIX) for p in rel.split(os.sep))
+        or os.path.realpath(path) == os.path.realpath(inbox_path)
+    ):
+        raise boundary.RefusedName("mailbox is outside the account")
+
+
+def resolve(root, inbox_path, name):
+    """
+    The one way from a mailbox name to its file (blocking): the spelling,
+    then the real path. @raise boundary.RefusedName.
+    """
+    path = spelled_path(root, inbox_path, name)
+    confine(root, inbox_path, name, path)
+    return path
 
 
 def parents(name):
@@ -203,11 +250,16 @@ def list_folders(root, inbox_path):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         rel = os.path.relpath(directory, root)
         prefix = "" if rel == "." else SEPARATOR.join(_decode(p) for p in rel.split(os.sep)) + SEPARATOR
+        # os.walk does not descend into symlinked directories; a symlink
+        # that leads out of the account is not listed at all.
+        subdirs[:] = [d for d in subdirs if _listable(root, inbox_path, os.path.join(directory, d))]
         for d in subdirs:
             dirs.add(prefix + _decode(d))
         for n in names:
             full = os.path.join(directory, n)
             if n.startswith(".") or n.endswith(locking.LOCK_SUFFIX) or full == own_inbox:
+                continue
+            if not _listable(root, inbox_path, full):
                 continue
             files.add(prefix + _decode(n))
     special = read_special_use(root) or {}
@@ -223,6 +275,16 @@ def list_folders(root, inbox_path):
             attributes.add(special[name])
         out.append((name, frozenset(attributes)))
     return out
+
+
+def _listable(root, inbox_path, path):
+    if not os.path.islink(path):
+        return True
+    try:
+        confine(root, inbox_path, os.path.basename(path), path)
+    except boundary.RefusedName:
+        return False
+    return True
 
 
 @implementer(IMailAccount)
@@ -244,19 +306,27 @@ class MboxAccount:
         return self.store._root_lock(self.root).run(f, *args)
 
     def path_of(self, name):
-        return self.inbox_path if name == INBOX else os.path.join(self.root, relative(name))
+        """The spelled path of a name (no I/O). @raise boundary.RefusedName."""
+        return spelled_path(self.root, self.inbox_path, name)
+
+    def _confine(self, name, path):
+        """Blocking: the real-path half of L{resolve}."""
+        confine(self.root, self.inbox_path, name, path)
 
     def folders(self):
         return threads.deferToThread(list_folders, self.root, self.inbox_path)
 
     def folder(self, name):
+        # Every command that names a mailbox comes through here or through
+        # resolve (create, delete, rename): the account boundary.
+        try:
+            path = self.path_of(name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = canonical(name)
-        if name != INBOX:
-            try:
-                check_name(name)
-            except ValueError:
-                return defer.fail(KeyError(name))
-        return self.store._open_folder(self.path_of(name), name, index_dir(self.root, name), self.root)
+        return self.store._open_folder(
+            path, name, index_dir(self.root, name), self.root, check=lambda: self._confine(name, path)
+        )
 
     def special_use(self):
         return threads.deferToThread(lambda: read_special_use(self.root) or {})
@@ -274,6 +344,7 @@ class MboxAccount:
         root = self.root
 
         def run():
+            self._confine(name, self.path_of(name))
             if not make_folder(root, name):
                 raise ValueError(f"folder exists: {name}")
             if attribute:
@@ -283,14 +354,21 @@ class MboxAccount:
         return self._serial(threads.deferToThread, run)
 
     def delete(self, name):
+        try:
+            path = self.path_of(name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = canonical(name)
         if name == INBOX:
             return defer.fail(ValueError("INBOX can't be deleted"))
-        path = self.path_of(name)
         root = self.root
 
         def run():
-            if os.path.isdir(path):
+            self._confine(name, path)
+            if os.path.islink(path):
+                # A symlink (to another folder of the account) goes as a link.
+                os.unlink(path)
+            elif os.path.isdir(path):
                 # RFC 3501 6.3.4: a \Noselect name with inferiors can't go.
                 if any(not n.startswith(".") for n in os.listdir(path)):
                     raise ValueError(f"{name} has subfolders")
@@ -314,19 +392,22 @@ class MboxAccount:
         return self._serial(locked)
 
     def rename(self, old, new):
-        old = canonical(old)
         try:
+            source = self.path_of(old)
             check_name(new)
+            target = self.path_of(new)
         except ValueError:
             return defer.fail()
+        old = canonical(old)
         if old == INBOX:
             return self._serial(self._rename_inbox, new)
         root = self.root
-        source, target = self.path_of(old), self.path_of(new)
 
         def run():
+            self._confine(old, source)
             if not os.path.exists(source):
                 raise KeyError(old)
+            self._confine(new, target)
             if new == old or new.startswith(old + SEPARATOR):
                 raise ValueError(f"can't rename {old} into itself")
             if os.path.exists(target):
@@ -367,6 +448,7 @@ class MboxAccount:
         root = self.root
 
         def make():
+            self._confine(new, self.path_of(new))
             if not make_folder(root, new):
                 raise ValueError(f"folder exists: {new}")
 
@@ -381,6 +463,12 @@ class MboxAccount:
         return threads.deferToThread(read_subscriptions, self.root)
 
     def subscribe(self, name):
+        # RFC 3501 6.3.6: a name that does not exist may be subscribed, but
+        # not one no folder can have.
+        try:
+            check_spelling(name)
+        except boundary.RefusedName:
+            return defer.fail()
         name = canonical(name)
         return self._serial(threads.deferToThread, _update, self.root, SUBSCRIPTIONS, read_subscriptions,
                             _write_subscriptions, lambda s: s if name in s else s + [name])

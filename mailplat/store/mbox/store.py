@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.interfaces import IFolderStore, PermanentFailure, TemporaryFailure
+from mailplat.store import boundary
 from mailplat.store.maildir.store import expand
 from mailplat.store.mbox import account as accounts
 from mailplat.store.mbox import index, locking
@@ -77,14 +78,14 @@ class MboxStore:
             return defer.fail()
 
         def choose():
-            if folder:
+            if folder and accounts.canonical(folder) != accounts.INBOX:
+                # Through the account boundary: `alice+../bob@` lands in INBOX.
                 try:
-                    accounts.check_name(folder)
-                    candidate = os.path.join(root, accounts.relative(folder))
-                    if os.path.isfile(candidate):
-                        return candidate, folder
-                except ValueError:
-                    pass
+                    candidate = accounts.resolve(root, inbox, folder)
+                except boundary.RefusedName:
+                    candidate = None
+                if candidate is not None and os.path.isfile(candidate):
+                    return candidate, folder
             try:
                 os.makedirs(os.path.dirname(inbox), mode=0o700, exist_ok=True)
             except OSError as e:
@@ -128,8 +129,13 @@ class MboxStore:
 
     # --- the folder registry -----------------------------------------------------------
 
-    def _open_folder(self, path, name, index_dir, root):
-        """The one folder object for `path`, synced; KeyError if there is no such folder."""
+    def _open_folder(self, path, name, index_dir, root, check=None):
+        """
+        The one folder object for `path`, synced; KeyError if there is no such folder.
+
+        @param check: run in a thread before a folder is first opened
+            (account.confine: the account boundary); it raises to refuse.
+        """
         existing = self._folders.get(path)
         if existing is not None and existing._loaded and not existing._gone:
             self._keep(existing)
@@ -141,6 +147,8 @@ class MboxStore:
         self._opening[path] = waiters = []
 
         def exists():
+            if check is not None:
+                check()
             if name == accounts.INBOX:
                 return True
             return os.path.isfile(path)

@@ -88,6 +88,10 @@ def snapshot(top, skip):
             path = os.path.join(directory, d)
             out[path] = "link " + os.readlink(path) if os.path.islink(path) else "dir"
         for f in files:
+            if f.startswith("mailplat-index.json"):
+                # The stores' own index cache, flushed in the background at
+                # any moment (and its temporary files): not mail, not ours.
+                continue
             path = os.path.join(directory, f)
             if os.path.islink(path):
                 out[path] = "link " + os.readlink(path)

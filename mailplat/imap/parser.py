@@ -169,10 +169,14 @@ class Reader:
         return out
 
     def flag(self):
-        if self.peek() == b"\\":
+        system = self.peek() == b"\\"
+        if system:
             self.pos += 1
-            return "\\" + self.atom("a flag").decode("ascii")
-        return self.atom("a flag").decode("ascii")
+        raw = self.atom("a flag")
+        # RFC 3501 9: flag-keyword is an atom, and atoms are 7-bit.
+        if not raw.isascii():
+            raise BadCommand("a flag is an ASCII atom")
+        return ("\\" if system else "") + raw.decode("ascii")
 
     def flag_list(self):
         if self.peek() == b"(":
@@ -190,7 +194,8 @@ class Reader:
         if not re.fullmatch(rb"(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*", token):
             raise BadCommand(f"bad sequence set {token.decode('ascii', 'replace')!r}")
         for n in re.findall(rb"\d+", token):
-            if int(n) == 0 or int(n) > 0xFFFFFFFF:
+            # nz-number is 32 bits (RFC 3501 9): at most 10 digits.
+            if len(n) > 10 or int(n) == 0 or int(n) > 0xFFFFFFFF:
                 raise BadCommand("bad sequence set: numbers start at 1")
         return token
 

@@ -17,6 +17,8 @@ import time
 from mailplat.imap import mime
 from mailplat.imap.parser import BadCommand, in_ranges, parse_date, parse_sequence_set
 
+MAX_DEPTH = 100  # nested search keys (Dovecot refuses deep nesting too)
+
 CHARSETS = ("UTF-8", "US-ASCII")
 
 _FLAG_KEYS = {
@@ -87,6 +89,7 @@ class Query:
         self.reader = reader
         self.needs_file = False
         self.charset = charset
+        self.depth = 0
         self.tree = self._keys()
 
     def _keys(self):
@@ -116,6 +119,16 @@ class Query:
         return parse_date(self.reader.atom("a date"))
 
     def _key(self):
+        # Parentheses, NOT and OR nest: bound the depth, not Python's stack.
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise BadCommand("search keys nested too deep")
+        try:
+            return self._one_key()
+        finally:
+            self.depth -= 1
+
+    def _one_key(self):
         r = self.reader
         if r.peek() == b"(":
             r.pos += 1

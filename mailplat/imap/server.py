@@ -342,6 +342,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
             self.write(b"* BAD invalid tag\r\n")
             self._count_error()
             return None
+        name = b""
         try:
             reader.space()
             name = reader.atom("a command").upper()
@@ -366,6 +367,12 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
                 result = handler(tag, reader)
         except BadCommand as e:
             self.bad(tag, str(e))
+            return None
+        except Exception:
+            # Whatever went wrong, the command gets its tagged answer: a
+            # client waits for it (RFC 3501 2.2.2); the detail goes to the log.
+            log.failure("IMAP command {command} failed", command=name)
+            self.no(tag, "[SERVERBUG] internal error")
             return None
         if isinstance(result, defer.Deferred):
             return result.addErrback(self._backend_failure, tag)

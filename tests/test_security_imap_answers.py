@@ -1,0 +1,47 @@
+"""
+Every IMAP command gets its tagged answer (issue 17 #2), whatever the
+input: a client waits for the tag, so an untagged BAD leaves it hanging.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.helpers import in_thread
+from tests.imap_support import MemoryIMAP, RawClient
+
+HOSTILE = [
+    b"S1 SEARCH " + b"(" * 400 + b"ALL" + b")" * 400,
+    b"S2 FETCH " + b"9" * 5000 + b" FLAGS",
+    b"S3 SEARCH UID 1:" + b"9" * 5000,
+    b"S4 STORE " + b"7" * 5000 + b" +FLAGS (\\Seen)",
+    b"S5 STORE 1 +FLAGS (\xff\xfe)",
+    b"S6 SEARCH LARGER " + b"9" * 5000,
+    b"S7 SEARCH " + b"NOT " * 400 + b"ALL",
+    b"S8 UID STORE 1:" + b"9" * 5000 + b" FLAGS ()",
+]
+
+
+class EveryCommandAnswered(unittest.TestCase):
+    def setUp(self):
+        self.imap = MemoryIMAP(self)
+        self.imap.inbox.add(b"Subject: one\r\n\r\nbody\r\n")
+
+    @defer.inlineCallbacks
+    def test_hostile_commands_each_get_a_tagged_answer(self):
+        def run():
+            c = RawClient(self.imap.port)
+            self.addCleanup(c.close)
+            c.login()
+            c.command(b"A1 SELECT INBOX")
+            answers = []
+            for command in HOSTILE:
+                tag = command.split(b" ", 1)[0]
+                lines = c.command(command)
+                answers.append((tag, lines[-1] if lines else b""))
+            answers.append((b"N1", c.command(b"N1 NOOP")[-1]))
+            return answers
+
+        answers = yield in_thread(run)
+        for tag, last in answers:
+            self.assertTrue(last.startswith(tag + b" "), (tag, last))
+        self.assertTrue(answers[-1][1].startswith(b"N1 OK"))

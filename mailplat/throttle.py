@@ -10,6 +10,15 @@ protocol at once, since the same address probes them all.
 import time
 
 
+def _decrement(counts, key):
+    """One less for `key`; a count that reaches zero is dropped (memory stays bounded)."""
+    count = counts.get(key, 0) - 1
+    if count <= 0:
+        counts.pop(key, None)
+    else:
+        counts[key] = count
+
+
 class ConnectionLimiter:
     """At most `limit` open connections per client address."""
 
@@ -25,11 +34,7 @@ class ConnectionLimiter:
         return True
 
     def release(self, address):
-        count = self._open.get(address, 0) - 1
-        if count <= 0:
-            self._open.pop(address, None)
-        else:
-            self._open[address] = count
+        _decrement(self._open, address)
 
 
 class LoginThrottle:
@@ -91,11 +96,7 @@ class LoginThrottle:
         return LoginAttempt(self, address, username)
 
     def _release(self, address):
-        count = self._pending.get(address, 0) - 1
-        if count <= 0:
-            self._pending.pop(address, None)
-        else:
-            self._pending[address] = count
+        _decrement(self._pending, address)
 
     def failed(self, address, username=None):
         self._recent(address)

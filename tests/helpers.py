@@ -78,6 +78,26 @@ def in_thread(f, *args, **kwargs):
     return d
 
 
+def in_thread_closing(f, clients):
+    """
+    L{in_thread} for a client scenario: `f` runs in a thread, and every
+    client it put in `clients` (a list) is shut down afterwards, whatever
+    `f` did, so no session outlives the test.
+    """
+
+    def run():
+        try:
+            return f()
+        finally:
+            for c in clients:
+                try:
+                    c.shutdown()
+                except Exception:
+                    pass
+
+    return in_thread(run)
+
+
 def _peek(deferred):
     """A Deferred for `deferred`'s result that leaves its chain untouched."""
     copy = defer.Deferred()

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.helpers import MailServer, client_tls, in_thread
+from tests.helpers import MailServer, client_tls, in_thread, in_thread_closing
 from tests.imap_support import RawClient
 
 ALICE = "alice@example.test"
@@ -64,18 +64,7 @@ class IMAPTestCase(unittest.TestCase):
     def check(self, f):
         """Run a blocking client scenario in a thread; its assertions fail the test."""
         self.clients = []
-
-        def run():
-            try:
-                return f()
-            finally:
-                for c in self.clients:
-                    try:
-                        c.shutdown()
-                    except Exception:
-                        pass
-
-        return in_thread(run)
+        return in_thread_closing(f, self.clients)
 
 
 class Login(IMAPTestCase):

@@ -19,7 +19,7 @@ import smtplib
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.helpers import MailServer, client_tls, collect_log, in_thread
+from tests.helpers import MailServer, client_tls, collect_log, in_thread, in_thread_closing
 from tests.test_imap_maildir import drain
 
 ALICE = "alice@example.test"
@@ -143,18 +143,7 @@ class ServerCase(unittest.TestCase):
 
     def check(self, f):
         self.clients = []
-
-        def run():
-            try:
-                return f()
-            finally:
-                for c in self.clients:
-                    try:
-                        c.shutdown()
-                    except Exception:
-                        pass
-
-        return in_thread(run).addCallback(lambda _: self.assertNoTraceback())
+        return in_thread_closing(f, self.clients).addCallback(lambda _: self.assertNoTraceback())
 
     def assertNoTraceback(self):
         bad = [t for t in self.log if "Traceback" in t or "SERVERBUG" in t or "Unhandled" in t]

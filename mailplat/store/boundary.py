@@ -65,17 +65,12 @@ def check_spelling(name, separator, max_encoded=250, encode=None):
         raise RefusedName("mailbox name too long")
 
 
-def real_root(root):
-    """The account root with every symlink resolved (blocking)."""
-    return os.path.realpath(root)
-
-
 def inside(path, root):
     """
     The real path of `path` (symlinks followed, blocking), relative to the
     real `root`; None when it is the root itself or lies outside it.
     """
-    top = real_root(root)
+    top = os.path.realpath(root)
     real = os.path.realpath(path)
     if real == top or not real.startswith(top.rstrip(os.sep) + os.sep):
         return None

@@ -34,6 +34,7 @@ class AuthCommands:
         self.write(tag + b" OK begin TLS negotiation now\r\n")
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
+        self.expect_handshake(self.timeOut)
         return None
 
     def _refuse_plaintext(self, tag):

@@ -25,8 +25,10 @@ L{mailplat.imap.mailboxes}, message commands in L{mailplat.imap.messages}.
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.mail import imap4
 
+from mailplat.deadlines import HandshakeDeadline
 from mailplat.imap.auth import AuthCommands
 from mailplat.imap.mailboxes import MailboxCommands
 from mailplat.imap.messages import MessageCommands
@@ -98,7 +100,7 @@ UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE")
 NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH")
 
 
-class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Server):
+class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Server):
     """One IMAP session, configured through its factory (L{IMAPFactory})."""
 
     IDENT = b"mailplat IMAP4rev1 ready"
@@ -143,10 +145,12 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
     def connectionMade(self):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
+        if ISSLTransport.providedBy(self.transport):
+            self.expect_handshake(self.timeOut)  # implicit TLS
         if not self.factory.connections.acquire(self._peer):
             self.write(b"* BYE [UNAVAILABLE] too many connections from your address\r\n")
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
             return
         self._counted = True
         self.setTimeout(self.timeOut)
@@ -155,6 +159,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
     def connectionLost(self, reason):
         self._closed = True
         self.setTimeout(None)
+        self.cancel_deadlines()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -167,7 +172,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
     def timeoutConnection(self):
         self.write(b"* BYE autologout; idle for too long\r\n")
         self._closed = True
-        self.transport.loseConnection()
+        self.close_connection()
 
     def write(self, data):
         if self.transport is not None and not self._closed:
@@ -242,7 +247,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
                 self._idle_line(line)
                 continue
             if self._sasl is not None:
-                self._run(lambda: self._sasl_step(line))
+                self._run(lambda: self._sasl_step(line), tag=self._sasl["tag"])
                 continue
             self._line(line)
 
@@ -261,7 +266,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
                 self._finish_rejected()
                 return
             segments, self._segments = self._segments, None
-            self._run(lambda: self._execute(segments))
+            self._run(lambda: self._execute(segments), tag=segments[0].split(b" ", 1)[0])
             return
         size, nonsync = announced
         limit, toobig = self._literal_limit()
@@ -297,23 +302,32 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
         self.write(tag + b" " + response + b"\r\n")
         self._count_error()
 
-    def _run(self, call):
+    def _run(self, call, tag=None):
+        """
+        Run one command's handler; whatever it raises, now or later, ends
+        in one log line and, when the command's tag is known, its tagged
+        NO (RFC 3501 2.2.2: the client waits for it).
+        """
         try:
             result = call()
         except Exception:
-            log.failure("IMAP command failed")
-            self.write(b"* BAD [SERVERBUG] internal error\r\n")
+            self._internal_error(Failure(), tag)
             return
         if isinstance(result, defer.Deferred):
-            result.addErrback(self._internal_error)
+            result.addErrback(self._internal_error, tag)
         waiter = still_running(result)
         if waiter is not None:
             self._busy = True
             waiter.addCallback(self._resume)
 
-    def _internal_error(self, failure):
+    def _internal_error(self, failure, tag=None):
         log.failure("IMAP command failed", failure)
-        self.write(b"* BAD [SERVERBUG] internal error\r\n")
+        if self._sasl is not None and self._sasl.get("tag") == tag:
+            self._sasl = None
+        if tag is not None and _valid_tag(tag):
+            self.no(tag, "[SERVERBUG] internal error")
+        else:
+            self.write(b"* BAD [SERVERBUG] internal error\r\n")
 
     def _resume(self, _):
         self._busy = False
@@ -326,7 +340,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
         if self._errors >= MAX_ERRORS:
             self.write(b"* BYE too many errors\r\n")
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
 
     # --- dispatch ------------------------------------------------------
 
@@ -444,7 +458,7 @@ class MailplatIMAP(AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Se
         self.state = LOGOUT
         self._deselect()
         self._closed = True
-        self.transport.loseConnection()
+        self.close_connection()
 
     def cmd_ID(self, tag, reader):
         # RFC 2971

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import pop3
 
+from mailplat.deadlines import HandshakeDeadline
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
 
@@ -80,7 +81,7 @@ def top_of(data, lines):
     return head + body
 
 
-class MailplatPOP3(pop3.POP3):
+class MailplatPOP3(HandshakeDeadline, pop3.POP3):
     """One POP3 session, configured through its factory."""
 
     def __init__(self, factory):
@@ -118,10 +119,12 @@ class MailplatPOP3(pop3.POP3):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
+        if ISSLTransport.providedBy(self.transport):
+            self.expect_handshake(self.timeOut)  # implicit TLS
         if not self.factory.connections.acquire(self._peer):
             self.sendLine(b"-ERR [SYS/TEMP] too many connections from your address")
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
             return
         self._counted = True
         self.successResponse(b"mailplat POP3 ready")
@@ -129,6 +132,7 @@ class MailplatPOP3(pop3.POP3):
 
     def connectionLost(self, reason):
         self._closed = True
+        self.cancel_deadlines()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -137,7 +141,7 @@ class MailplatPOP3(pop3.POP3):
 
     def timeoutConnection(self):
         self.failResponse(b"[SYS/TEMP] autologout: idle too long")
-        self.transport.loseConnection()
+        self.close_connection()
 
     # --- framing: one command at a time, in order ---------------------------
 
@@ -199,7 +203,7 @@ class MailplatPOP3(pop3.POP3):
         if self._errors >= MAX_ERRORS:
             self.failResponse(b"too many errors, closing")
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
 
     def _dispatch(self, line):
         if self._auth_state is not None:
@@ -246,7 +250,7 @@ class MailplatPOP3(pop3.POP3):
         if self.mbox is None:
             self.successResponse(b"mailplat POP3 signing off")
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
             return None
         d = defer.maybeDeferred(self.mbox.sync)
 
@@ -259,7 +263,7 @@ class MailplatPOP3(pop3.POP3):
 
         def close(_):
             self._closed = True
-            self.transport.loseConnection()
+            self.close_connection()
 
         return d.addCallbacks(done, failed).addBoth(close)
 
@@ -272,6 +276,7 @@ class MailplatPOP3(pop3.POP3):
         self.successResponse(b"begin TLS negotiation")
         self.transport.startTLS(self.factory.tls_context)
         self.startedTLS = True
+        self.expect_handshake(self.timeOut)
         self._user_name = None
 
     def _refuse_plaintext(self):

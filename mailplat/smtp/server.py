@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from mailplat.checks import run_stage
+from mailplat.deadlines import HandshakeDeadline
 from mailplat.interfaces import CheckSession
 from mailplat.ordered import still_running
 from mailplat.smtp.auth import SMTPAuthMixin
@@ -32,7 +33,7 @@ COMMAND, DATA, BDAT, AUTH, CLOSED = "COMMAND", "DATA", "BDAT", "AUTH", "CLOSED"
 MAX_ERRORS = 20
 
 
-class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
+class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
     """One SMTP session. Configured through its factory (L{SMTPFactory})."""
 
     def __init__(self, factory):
@@ -70,12 +71,14 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
+        if ISSLTransport.providedBy(self.transport):
+            self.expect_handshake(self.timeout)  # implicit TLS (smtps)
         self.canStartTLS = ITLSTransport.providedBy(self.transport) and self.ctx is not None
         self._helo = (None, self._peer.encode("ascii", "replace"))
         if not self.factory.connections.acquire(self._peer):
             self.reply(421, "4.7.0", f"{self.factory.hostname} too many connections from your address")
             self._state = CLOSED
-            self.transport.loseConnection()
+            self.close_connection()
             return
         self._counted = True
         self.setTimeout(self.timeout)
@@ -94,7 +97,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
             code = 554 if verdict.action == verdict.REJECT else 421
             self.reply(code, verdict.enhanced, f"{self.factory.hostname} {verdict.text}")
             self._state = CLOSED
-            self.transport.loseConnection()
+            self.close_connection()
             return
         self.reply(220, None, f"{self.factory.hostname} ESMTP mailplat")
 
@@ -109,6 +112,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
+        self.cancel_deadlines()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -117,7 +121,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
 
     def timeoutConnection(self):
         self.reply(421, "4.4.2", f"{self.factory.hostname} timeout exceeded, closing")
-        self.transport.loseConnection()
+        self.close_connection()
 
     # --- replies ---------------------------------------------------------
 
@@ -138,7 +142,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         if self._errors >= MAX_ERRORS:
             self.reply(421, "4.7.0", f"{self.factory.hostname} too many errors, closing")
             self._state = CLOSED
-            self.transport.loseConnection()
+            self.close_connection()
 
     # --- framing (replaces LineOnlyReceiver.dataReceived) ----------------
 
@@ -284,7 +288,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
     def smtp_QUIT(self, rest):
         self.reply(221, "2.0.0", f"{self.factory.hostname} closing connection")
         self._state = CLOSED
-        self.transport.loseConnection()
+        self.close_connection()
 
     def smtp_VRFY(self, rest):
         # RFC 5321 3.5.3: not verifying is allowed; 252 says "try it".
@@ -306,6 +310,7 @@ class MailplatSMTP(SMTPAuthMixin, SMTPTransactionMixin, smtp.ESMTP):
         self.reply(220, "2.0.0", "ready to start TLS")
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
+        self.expect_handshake(self.timeout)
         self._check_session.secure = True
         self._check_session.helo = None
         self._helo = (None, self._peer.encode("ascii", "replace"))

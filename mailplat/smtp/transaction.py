@@ -286,14 +286,14 @@ class SMTPTransactionMixin:
             # We cannot know how many octets follow: the session is lost.
             self.reply(501, "5.5.4", "syntax: BDAT size [LAST]; closing")
             self._state = "CLOSED"
-            self.transport.loseConnection()
+            self.close_connection()
             return
         number = _CHUNK_SIZE.fullmatch(parts[0])
         if number is None:
             # Too many octets to read and discard: refuse and close (RFC 3030 2).
             self.reply(552, "5.3.4", "BDAT chunk exceeds fixed maximum message size; closing")
             self._state = "CLOSED"
-            self.transport.loseConnection()
+            self.close_connection()
             return
         size, last = int(number.group(1)), len(parts) == 2
         error = None

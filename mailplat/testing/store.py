@@ -39,6 +39,15 @@ SPECIAL_USE = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash", "Junk
 # A fixed arrival time for APPEND: 2023-11-14 22:13:20 UTC.
 INTERNALDATE = 1700000000
 
+# Mailbox names that point outside an account on a store that builds paths
+# from names (issue 17); "/" is also tried as the store's own separator.
+HOSTILE_NAMES = (
+    "/../bob", "../bob", "Sent/../../bob", "../bob/INBOX", "INBOX/../../bob",
+    "/../../example.test/bob", "../../example.test/bob/INBOX", "../../../../outside",
+    "/tmp", "/new", "/cur", "/", ".", "..", "", "Sent/..", "/etc/passwd",
+    "a\r\nb", "a\x00b",
+)
+
 # How long a subscriber may wait for an event the store owes it.
 EVENT_TIMEOUT = 5.0
 
@@ -458,6 +467,42 @@ class StoreConformance:
         self.assertEqual((yield self._kit_contents(moved)), [message(1), message(2)])
         inbox = yield account.folder("INBOX")
         self.assertEqual((yield inbox.sync()), [])
+
+    @defer.inlineCallbacks
+    def test_hostile_mailbox_names_never_reach_another_account(self):
+        # Issue 17: a mailbox name is data from the network. A store may
+        # refuse one (KeyError: no such mailbox; ValueError: can't make it)
+        # or hold it inside the account, but never open, change, move or
+        # delete anything of another user with it.
+        store = yield self._kit_store()
+        victim = "bob@example.test"
+        yield store.deliver(victim, BytesSource(message(99)), None)
+        account = yield self._kit_account(store)
+        sep = account.separator
+        names = set()
+        for name in HOSTILE_NAMES:
+            names.update({name, name.replace("/", sep)})
+        allowed = (KeyError, ValueError)
+        for name in sorted(names):
+            for attempt in ("folder", "create", "folder", "delete", "rename"):
+                try:
+                    if attempt == "rename":
+                        yield account.rename(name, "Stolen")
+                    else:
+                        result = yield getattr(account, attempt)(name)
+                        if attempt == "folder":
+                            yield result.append(BytesSource(message(1)))
+                            self.assertNotIn(message(99), (yield self._kit_contents(result)), name)
+                except allowed:
+                    pass
+            folders = dict((yield account.folders()))
+            if "Stolen" in folders:
+                stolen = yield account.folder("Stolen")
+                self.assertNotIn(message(99), (yield self._kit_contents(stolen)), name)
+                yield account.delete("Stolen")
+        theirs = yield store.account(victim)
+        inbox = yield theirs.folder("INBOX")
+        self.assertEqual((yield self._kit_contents(inbox)), [message(99)])
 
     @defer.inlineCallbacks
     def test_subscribe_adds_to_the_subscriptions(self):

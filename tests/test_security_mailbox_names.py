@@ -219,6 +219,27 @@ class AttackNames(ServerCase):
 
         return self.attack(move)
 
+    def test_copy_and_move_to_a_refused_name_say_cannot_not_trycreate(self):
+        # RFC 3501 6.4.7: TRYCREATE tells the client to CREATE and retry;
+        # for a name no CREATE can make, that would be a loop.
+        def run():
+            c = self.login()
+            c.select("INBOX")
+            answers = [c.copy("1", quoted("/../bob")), c._simple_command("MOVE", "1", quoted("../bob"))]
+            answers.append(c.copy("1", "Nonexistent"))
+            return answers
+
+        def check(answers):
+            (copy, move, missing) = answers
+            self.assertEqual(copy[0], "NO")
+            self.assertIn(b"[CANNOT]", copy[1][0])
+            self.assertEqual(move[0], "NO")
+            self.assertIn(b"[CANNOT]", move[1][0])
+            self.assertIn(b"[TRYCREATE]", missing[1][0])
+
+        self.clients = []
+        return in_thread_closing(run, self.clients).addCallback(check)
+
     def test_create(self):
         return self.attack(lambda c, n: c.create(quoted(n)))
 

@@ -18,6 +18,7 @@ from mailplat.imap import fetch
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
 from mailplat.interfaces import IBatchOpen
+from mailplat.store.boundary import RefusedName
 
 BATCH = 200  # messages read per trip to the thread pool
 CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
@@ -251,7 +252,11 @@ class MessageCommands:
 
         def missing(failure):
             failure.trap(KeyError)
-            self.no(tag, "[TRYCREATE] no such mailbox")
+            if failure.check(RefusedName):
+                # RFC 3501 6.4.7: TRYCREATE only when CREATE could help.
+                self.no(tag, f"[CANNOT] {failure.value}")
+            else:
+                self.no(tag, "[TRYCREATE] no such mailbox")
             return False
 
         return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r is not False else None)

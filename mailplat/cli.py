@@ -8,6 +8,8 @@
     mailplat [--config FILE] sql-schema [--dialect sqlite|postgresql]
     mailplat [--config FILE] queue list|flush
     mailplat [--config FILE] queue delete|bounce ID
+    mailplat [--config FILE] dkim keygen DOMAIN [--selector S] [--algorithm rsa|ed25519]
+    mailplat [--config FILE] dkim list
 
 Passwords come from a prompt, or from standard input when it is not a
 terminal (one line), and are stored hashed with ARGON2ID.
@@ -85,6 +87,12 @@ def cmd_check_config(config, args):
         print(f"  {name:<11} {endpoint}")
     for enabled in getattr(backends, "checks", []):
         print(f"  check       {enabled.name}")
+    keys, key_problems = backends.dkim.store.keys()
+    for key in keys:
+        if any(k.path == key.path for k in backends.dkim.keys_for(key.domain)):
+            print(f"  dkim        {key.domain} {key.selector} ({key.algorithm})")
+    for problem in key_problems:
+        print(f"warning: DKIM key not used: {problem}")
     return 0
 
 
@@ -226,6 +234,35 @@ def cmd_queue(config, args):
     return 0 if ok else 1
 
 
+def cmd_dkim(config, args):
+    """DKIM keys under state_dir/dkim (docs/authentication.md)."""
+    from mailplat.auth.dkim_keys import DKIMKeyError, KeyStore, default_selector
+    from mailplat.auth.dkim_sign import DKIMSigner
+
+    store = KeyStore(config.dkim["key_dir"])
+    if args.action == "keygen":
+        selector = args.selector or default_selector(args.algorithm)
+        try:
+            key = store.create(args.domain, selector, args.algorithm, force=args.force)
+        except DKIMKeyError as e:
+            raise SystemExit(f"mailplat: {e}")
+        print(f"; {key.algorithm} key for {key.domain}, selector {key.selector}: {key.path}")
+        print("; publish this TXT record in the domain's DNS zone:")
+        print(key.txt_record())
+        if not DKIMSigner(config.dkim).keys_for(key.domain):
+            print(f"; note: [dkim] in {config.source} does not sign for {key.domain} with this key", file=sys.stderr)
+        return 0
+    keys, problems = store.keys()
+    signer = DKIMSigner(config.dkim)
+    for key in keys:
+        signing = "signing" if any(k.path == key.path for k in signer.keys_for(key.domain)) else "not signing"
+        print(f"{key.domain:<24} {key.selector:<18} {key.algorithm:<8} {signing:<12} {key.record_name}")
+    for problem in problems:
+        print(f"BROKEN {problem}")
+    print(f"{len(keys)} key(s) in {store.directory}")
+    return 1 if problems else 0
+
+
 def parser():
     p = argparse.ArgumentParser(prog="mailplat", description="Administer a mailplat server.")
     p.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
@@ -245,6 +282,15 @@ def parser():
     qactions.add_parser("flush", help="retry every waiting recipient now")
     qactions.add_parser("delete", help="remove a message without a DSN").add_argument("id")
     qactions.add_parser("bounce", help="give up on a message and send a DSN").add_argument("id")
+    dkim = sub.add_parser("dkim", help="DKIM signing keys: keygen, list")
+    dactions = dkim.add_subparsers(dest="action", required=True)
+    keygen = dactions.add_parser("keygen", help="make a key and print its DNS TXT record")
+    keygen.add_argument("domain")
+    keygen.add_argument("--selector", "-s", help="default: ALGORITHM-YYYYMM, e.g. rsa-202612")
+    keygen.add_argument("--algorithm", "-a", choices=("rsa", "ed25519"), default="rsa",
+                        help="rsa (2048 bits, RFC 6376) or ed25519 (RFC 8463); default rsa")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key of that selector")
+    dactions.add_parser("list", help="list the keys and whether [dkim] signs with them")
     return p
 
 
@@ -252,7 +298,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         config = configuration.load(args.config)
-        handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins, "queue": cmd_queue,
+        handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins, "queue": cmd_queue, "dkim": cmd_dkim,
                    "sql-schema": cmd_sql_schema}[
             args.command
         ]

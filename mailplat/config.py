@@ -87,6 +87,19 @@ RELAY_KEYS = {
 }
 RELAY_TLS = ("may", "starttls", "implicit", "none")
 
+# The [dns] table: the one resolver of the server (mailplat.dns).
+DNS_KEYS = ("servers", "timeout")
+DNS_DEFAULT_TIMEOUT = 10
+
+# The [dkim] table: signing on submission (mailplat.auth.dkim_sign).
+DKIM_KEYS = ("enabled", "domains", "selectors", "headers", "oversign_from")
+# The header fields signed when present (RFC 6376 5.4.1's list, trimmed to
+# what a submission client writes); From is signed once more than it occurs.
+DKIM_HEADERS = (
+    "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To",
+    "MIME-Version", "Content-Type", "In-Reply-To", "References",
+)
+
 
 class ConfigError(Exception):
     """A configuration problem, said so that an operator can fix it."""
@@ -123,6 +136,10 @@ class Config:
     # The [relay] table, checked (see RELAY_KEYS); None when there is no
     # [relay] table or it says enabled = false: no relay queue runs.
     relay: dict | None = None
+    # [dns]: {"servers": [(host, port)] ([] = resolv.conf), "timeout": seconds}
+    dns: dict = field(default_factory=lambda: {"servers": [], "timeout": DNS_DEFAULT_TIMEOUT})
+    # [dkim]: see _dkim; key files live under state_dir/dkim/DOMAIN/SELECTOR.key
+    dkim: dict = field(default_factory=dict)
     raw: dict = field(repr=False, default_factory=dict)
 
     def is_local_domain(self, domain):
@@ -204,7 +221,7 @@ def _table(source, data, name):
     return value
 
 
-KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp"}
+KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp", "dns", "dkim"}
 
 
 def _build(data, source, cwd):
@@ -276,6 +293,8 @@ def _build(data, source, cwd):
         limits[name] = value
 
     relay = _relay(source, data, cwd)
+    dns = _dns(source, data)
+    dkim = _dkim(source, data, state_dir)
 
     return Config(
         source=source,
@@ -295,6 +314,8 @@ def _build(data, source, cwd):
         restrict_sender=restrict_sender,
         limits=limits,
         relay=relay,
+        dns=dns,
+        dkim=dkim,
         raw=data,
     )
 
@@ -370,3 +391,66 @@ def _relay(source, data, cwd):
         routes[domain.lower().rstrip(".")] = {"host": host, "port": port, "tls": tls, "verify": verify}
     relay["routes"] = routes
     return relay
+
+
+def _unknown_keys(source, table, name, known):
+    for key in table:
+        if key not in known:
+            raise ConfigError(source, f"{name}.{key}", f"unknown key; known: {', '.join(known)}")
+
+
+def _domain_name(source, key, value):
+    """A domain name as the key files and DNS see it: lowercase, no final dot."""
+    if not isinstance(value, str) or not value.strip(".") or any(c in value for c in "@/\\ \t") or ".." in value:
+        raise ConfigError(source, key, f"not a domain name: {value!r}")
+    return value.lower().rstrip(".")
+
+
+def _dns(source, data):
+    """The [dns] table: the name servers and timeout of the server's resolver."""
+    table = _table(source, data, "dns")
+    _unknown_keys(source, table, "dns", DNS_KEYS)
+    servers = []
+    for item in _expect(source, table, "servers", "dns", list, default=[]):
+        if not isinstance(item, str):
+            raise ConfigError(source, "dns.servers", f'must be a list of "address:port" strings, not {item!r}')
+        servers.append(_hostport(source, "dns.servers", item, 53))
+    timeout = table.get("timeout", DNS_DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(source, "dns.timeout", f"must be a positive number of seconds, not {timeout!r}")
+    return {"servers": servers, "timeout": timeout}
+
+
+def _dkim(source, data, state_dir):
+    """The [dkim] table: which domains and selectors sign, and which headers."""
+    table = _table(source, data, "dkim")
+    _unknown_keys(source, table, "dkim", DKIM_KEYS)
+    enabled = _expect(source, table, "enabled", "dkim", bool, default=True)
+    domains = _expect(source, table, "domains", "dkim", list)
+    if domains is not None:
+        domains = [_domain_name(source, "dkim.domains", d) for d in domains]
+    selectors_table = table.get("selectors", {})
+    if not isinstance(selectors_table, dict):
+        raise ConfigError(source, "dkim.selectors", 'must be a table: { "example.org" = ["selector"] }')
+    selectors = {}
+    for domain, value in selectors_table.items():
+        key = f"dkim.selectors.{domain}"
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(source, key, f"must be a selector or a list of selectors, not {value!r}")
+        selectors[_domain_name(source, key, domain)] = [n.lower() for n in names]
+    headers = _expect(source, table, "headers", "dkim", list, default=list(DKIM_HEADERS))
+    for h in headers:
+        if not isinstance(h, str) or not h or any(c.isspace() or c == ":" or not c.isprintable() for c in h):
+            raise ConfigError(source, "dkim.headers", f"not a header field name: {h!r}")
+    if "from" not in (h.lower() for h in headers):
+        # RFC 6376 5.4: the From field MUST be signed.
+        raise ConfigError(source, "dkim.headers", "must include From (RFC 6376 5.4)")
+    return {
+        "enabled": enabled,
+        "domains": domains,  # None: every domain that has a key
+        "selectors": selectors,  # domain -> [selector]; absent: every key of the domain
+        "headers": headers,
+        "oversign_from": _expect(source, table, "oversign_from", "dkim", bool, default=True),
+        "key_dir": os.path.join(state_dir, "dkim"),
+    }

@@ -11,10 +11,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat import plugin, tls
+from mailplat.auth.dkim_sign import DKIMSigner, SigningDelivery
 from mailplat.config import TLS_WRAPPED, ConfigError
 from mailplat.delivery.addresses import AddressResolver
 from mailplat.delivery.aliases import AliasesFile, AliasSources
 from mailplat.delivery.fanout import FanOutDelivery
+from mailplat.dns import SharedResolver
 from mailplat.interfaces import BackendContext, IAliasSource
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
@@ -28,6 +30,10 @@ class Backends:
     def __init__(self, config):
         self.config = config
         context = BackendContext(config)
+        # The one resolver of the server ([dns]): relay MX lookups and every
+        # later DNS user ask it; plugins find it as context.dns.
+        self.dns = SharedResolver(config.dns)
+        context.dns = self.dns
         try:
             self.realm = plugin.build("realm", config.realm["backend"], config.realm, context)
             context.realm = self.realm
@@ -57,7 +63,9 @@ class Backends:
         # DSNs for local senders go through the local delivery agent.
         from mailplat.delivery import relay
 
-        self.relay = relay.build(config, local_agent=self.delivery)
+        self.relay = relay.build(config, local_agent=self.delivery, resolver=self.dns)
+        # DKIM signing of submitted mail ([dkim], keys under state_dir/dkim).
+        self.dkim = DKIMSigner(config.dkim)
 
 
 class ServerService(service.MultiService):
@@ -82,6 +90,7 @@ class ServerService(service.MultiService):
         d = defer.maybeDeferred(service.MultiService.stopService, self)
         d.addBoth(lambda _: defer.DeferredList([defer.maybeDeferred(r.stopService) for r in self.runners]))
         d.addBoth(lambda _: self._close_store())
+        d.addBoth(lambda _: self.backends.dns.close())
         return d
 
     def _close_store(self):
@@ -111,10 +120,12 @@ def make_service(config):
     shared = dict(throttle=throttle, connections=connections, allow_plaintext_auth=config.allow_plaintext_auth)
 
     def smtp(policy):
+        # Submitted mail is DKIM-signed on its way to the fan-out; MX mail is not.
+        delivery = fanout if policy == "mx" else SigningDelivery(fanout, backends.dkim)
         return SMTPFactory(
             policy,
             config.hostname,
-            fanout,
+            delivery,
             portal,
             config.local_domains,
             limits,

@@ -28,8 +28,14 @@ def read_credentials(config, path):
     return user, password
 
 
-def build(config, local_agent=None):
-    """The RelayQueue for `config` (None when [relay] is absent or off)."""
+def build(config, local_agent=None, resolver=None):
+    """
+    The RelayQueue for `config` (None when [relay] is absent or off).
+
+    @param resolver: the server's shared resolver (L{mailplat.dns}); the MX
+        and address lookups go to it unless `[relay] dns_servers` is set,
+        which gives the relay name servers of its own (docs/relay.md).
+    """
     settings = config.relay
     if settings is None:
         return None
@@ -41,7 +47,11 @@ def build(config, local_agent=None):
         if settings["smarthost_auth_file"]:
             auth = read_credentials(config, settings["smarthost_auth_file"])
         smarthost = Route(s["host"], s["port"], s["tls"], s["verify"], auth)
-    router = Router(settings["dns_servers"], routes, smarthost, settings["mx_port"])
+    dns_timeout = (config.dns or {}).get("timeout")
+    if settings["dns_servers"] or resolver is None:
+        router = Router(settings["dns_servers"], routes, smarthost, settings["mx_port"], dns_timeout=dns_timeout)
+    else:
+        router = Router(None, routes, smarthost, settings["mx_port"], resolver=resolver)
     pool = ConnectionPool(
         config.hostname,
         total=settings["max_connections"],

@@ -8,9 +8,10 @@ import random
 import socket
 
 from twisted.internet import defer
-from twisted.names import client, dns, error, hosts, resolve
+from twisted.names import dns, error
 from twisted.python.failure import Failure
 
+from mailplat import dns as shared_dns
 from mailplat.interfaces import PermanentFailure, TemporaryFailure
 
 TLS_MODES = ("may", "starttls", "implicit", "none")
@@ -92,16 +93,9 @@ def split_hostport(text, default_port=None):
     return host, port
 
 
-def make_resolver(servers=None):
-    """
-    /etc/hosts, then the given name servers (or resolv.conf). No cache
-    resolver: its expiry timers outlive the lookups.
-    """
-    if servers:
-        upstream = client.Resolver(servers=list(servers))
-    else:
-        upstream = client.Resolver(resolv="/etc/resolv.conf")
-    return resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), upstream]), upstream
+def make_resolver(servers=None, timeout=None):
+    """The relay's own resolver (see L{mailplat.dns.make_resolver})."""
+    return shared_dns.make_resolver(servers, timeout or shared_dns.DEFAULT_TIMEOUT)
 
 
 def _is_ip(text):
@@ -124,8 +118,11 @@ def _dns_failure(failure, what):
 class Router:
     """Turns a recipient domain into destinations, in the order to try them."""
 
-    def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None):
+    def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None, dns_timeout=None):
+        # `resolver`: the server's shared one (mailplat.dns), its owner's to
+        # close; without it the router makes its own from `dns_servers`.
         self.dns_servers = dns_servers
+        self.dns_timeout = dns_timeout
         self._resolver = resolver
         self._upstream = None
         self.routes = {d.lower().rstrip("."): r for d, r in (routes or {}).items()}
@@ -136,14 +133,13 @@ class Router:
     def resolver(self):
         """Made on first use: client.Resolver starts timers when built."""
         if self._resolver is None:
-            self._resolver, self._upstream = make_resolver(self.dns_servers)
+            self._resolver, self._upstream = make_resolver(self.dns_servers, self.dns_timeout)
         return self._resolver
 
     def close(self):
-        # client.Resolver re-reads resolv.conf on a timer; stop it.
-        call = getattr(self._upstream, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
+        """Stop the timers of a resolver of our own (a shared one is its owner's to close)."""
+        if self._upstream is not None:
+            shared_dns.close_resolver(self._upstream)
 
     def port_for(self, mx_host):
         """The SMTP port of an MX host (25; tests point it elsewhere)."""

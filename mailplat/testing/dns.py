@@ -1,0 +1,129 @@
+"""
+An authoritative DNS server for tests: twisted.names serving records held
+in memory, on one loopback port over UDP and TCP (TCP for the answers
+that do not fit a datagram), so `[dns] servers = ["127.0.0.1:PORT"]`
+points the whole server at it.
+
+    server = TestDNSServer({
+        "example.org": [dns.Record_MX(10, b"mx.example.org")],
+        "mx.example.org": [dns.Record_A("127.0.0.1")],
+        "s1._domainkey.example.org": [txt("v=DKIM1; k=rsa; p=...")],
+    })
+    port = server.start()            # then server.address == "127.0.0.1:PORT"
+    ...
+    server.queries                   # [(name, type name), ...] as asked
+    yield server.stop()
+
+From a trial test, L{start_dns_server} starts one and stops it at cleanup.
+Names are answered by the zone they fall in (a zone is each name's last
+two labels unless `zones` says otherwise): a name in a zone without
+records is NXDOMAIN, as a real authoritative server would say.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
+from twisted.names import authority, common, dns, server
+
+
+def txt(text):
+    """A TXT record for `text`, cut into strings of at most 255 octets (RFC 1035 3.3.14)."""
+    data = text.encode() if isinstance(text, str) else text
+    return dns.Record_TXT(*[data[i : i + 255] for i in range(0, len(data), 255)] or [b""], ttl=60)
+
+
+def _name(name):
+    return (name.encode("idna") if isinstance(name, str) else name).lower().rstrip(b".")
+
+
+class MemoryAuthority(authority.FileAuthority):
+    """One zone held in memory (FileAuthority without the file)."""
+
+    def __init__(self, zone, records):
+        common.ResolverBase.__init__(self)
+        self._cache = {}
+        soa = dns.Record_SOA(mname=b"ns." + zone, rname=b"hostmaster." + zone, serial=1, minimum=1, expire=60, ttl=1)
+        self.soa = (zone, soa)
+        self.records = {name: list(rrs) for name, rrs in records.items()}
+        self.records.setdefault(zone, []).append(soa)
+
+
+class _RecordingFactory(server.DNSServerFactory):
+    """Keeps the (name, type) of every query, so a test can see what was asked."""
+
+    def __init__(self, authorities, queries):
+        server.DNSServerFactory.__init__(self, authorities=authorities)
+        self.queries = queries
+
+    def handleQuery(self, message, protocol, address):
+        for q in message.queries:
+            self.queries.append((q.name.name.decode("ascii", "replace").lower(), dns.QUERY_TYPES.get(q.type, q.type)))
+        return server.DNSServerFactory.handleQuery(self, message, protocol, address)
+
+
+class TestDNSServer:
+    """
+    @param records: {name: [dns.Record_*]}; names as str or bytes.
+    @param zones: the zone names; default: each name's last two labels.
+    """
+
+    def __init__(self, records, zones=None):
+        by_name = {}
+        for name, rrs in records.items():
+            by_name.setdefault(_name(name), []).extend(rrs)
+        if zones is None:
+            zones = {b".".join(n.split(b".")[-2:]) for n in by_name}
+        zones = sorted({_name(z) for z in zones}, key=len, reverse=True)  # the longest zone first
+        grouped = {z: {} for z in zones}
+        for name, rrs in by_name.items():
+            zone = next((z for z in zones if name == z or name.endswith(b"." + z)), None)
+            if zone is None:
+                raise ValueError(f"{name!r} is in none of the zones {zones!r}")
+            grouped[zone][name] = rrs
+        self.queries = []
+        self.authorities = [MemoryAuthority(z, grouped[z]) for z in zones]
+        self.factory = _RecordingFactory(self.authorities, self.queries)
+        self.port = None
+        self._listening = []
+
+    def start(self, interface="127.0.0.1"):
+        """Listen on one free port, UDP and TCP; returns the port number."""
+        for _ in range(20):
+            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(self.factory), interface=interface)
+            port = udp.getHost().port
+            try:
+                tcp = reactor.listenTCP(port, self.factory, interface=interface)
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self._listening = [udp, tcp]
+            self.port = port
+            self.interface = interface
+            return port
+        raise RuntimeError("no free port for the test DNS server")
+
+    @property
+    def address(self):
+        """"127.0.0.1:PORT", as `[dns] servers` takes it."""
+        return f"{self.interface}:{self.port}"
+
+    def add(self, name, record):
+        """Serve one more record (in the zone the name falls in)."""
+        name = _name(name)
+        for a in self.authorities:
+            zone = a.soa[0]
+            if name == zone or name.endswith(b"." + zone):
+                a.records.setdefault(name, []).append(record)
+                return
+        raise ValueError(f"{name!r} is in none of the zones")
+
+    def stop(self):
+        listening, self._listening = self._listening, []
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in listening])
+
+
+def start_dns_server(testcase, records, zones=None):
+    """A started L{TestDNSServer}, stopped when the trial test ends."""
+    dns_server = TestDNSServer(records, zones)
+    dns_server.start()
+    testcase.addCleanup(dns_server.stop)
+    return dns_server

@@ -12,12 +12,16 @@ import functools
 import re
 import time
 
+from twisted.internet import reactor
+from twisted.logger import Logger, LogLevel
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 
 from mailplat.imap import mime
 from mailplat.imap.parser import BadCommand
 
 FP = imap4._FetchParser
+log = Logger()
 _FIELD_LISTS = re.compile(rb"HEADER\.FIELDS(?:\.NOT)?\s*\(([^)]*)\)", re.I)
 
 
@@ -200,6 +204,19 @@ def parse_message(data):
     """The mime.Part of a whole stored message."""
     canon = mime.canonical(data)
     return mime.Part(canon, 0, len(canon))
+
+
+def report_broken(f):
+    """
+    Called in a worker thread, inside `except`, for a message that could not
+    be read or parsed: log the exception once, naming the message's file,
+    from the reactor thread. The client only misses that message's answer.
+    """
+    failure = Failure()
+    name = getattr(f, "name", None)
+    reactor.callFromThread(
+        log.failure, "message {file!r} could not be read or parsed; left out of the answer", failure, LogLevel.error, file=name
+    )
 
 
 def internaldate(seconds):

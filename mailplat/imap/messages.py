@@ -51,6 +51,10 @@ def _read_all(files, work):
                 data = f.read()
             results.append(work(data))
         except OSError:
+            results.append(None)  # gone meanwhile (expunged by another writer)
+        except Exception:
+            # One message that breaks the parser costs only its own answer.
+            fetch.report_broken(f)
             results.append(None)
     return results
 
@@ -307,10 +311,12 @@ class MessageCommands:
                         try:
                             with f:
                                 ctx.message = fetch.parse_message(f.read())
+                            if query.match(ctx):
+                                hits.append(ctx)
                         except OSError:
-                            continue
-                        if query.match(ctx):
-                            hits.append(ctx)
+                            pass  # gone meanwhile
+                        except Exception:
+                            fetch.report_broken(f)  # this message only: not a match
                         ctx.message = None
                     return hits
 

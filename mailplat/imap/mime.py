@@ -15,6 +15,13 @@ from mailplat.imap.parser import quote
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
 
+# Multipart / message/rfc822 levels parsed before a part stays opaque: a hostile
+# message nests thousands deep to exhaust the stack (Dovecot's max_nested_mime_parts).
+MAX_DEPTH = 100
+# Parts parsed in one message, so that a million tiny parts cost no more time and
+# memory than ten thousand (Dovecot's max_total_mime_parts).
+MAX_PARTS = 10000
+
 
 def canonical(data):
     """Stored bytes (LF or CRLF) -> CRLF line ends, as IMAP counts them."""
@@ -49,11 +56,20 @@ def field_value(raw):
 
 
 class Part:
-    """One entity: header and body as offsets into the message bytes."""
+    """
+    One entity: header and body as offsets into the message bytes.
 
-    __slots__ = ("data", "start", "body", "end", "children", "ctype", "params", "default_type", "_fields")
+    `depth` is the part's nesting level (0 for the message). A multipart or
+    message/rfc822 part at MAX_DEPTH - 1, or met once the message has
+    MAX_PARTS parts, is not descended into: it is `truncated`, a leaf of
+    type application/octet-stream over its unparsed bytes, as Dovecot shows
+    a part past its limits. `budget` ([parts still allowed]) is shared by
+    the whole tree of one message.
+    """
 
-    def __init__(self, data, start, end, default_type=("text", "plain")):
+    __slots__ = ("data", "start", "body", "end", "children", "ctype", "params", "default_type", "truncated", "_fields")
+
+    def __init__(self, data, start, end, default_type=("text", "plain"), depth=0, budget=None):
         self.data = data
         self.start = start
         self.end = end
@@ -67,11 +83,19 @@ class Part:
             self.body = m.end()
         self.children = []
         self._fields = None
+        self.truncated = False
+        if budget is None:
+            budget = [MAX_PARTS]
+        budget[0] -= 1
         self.ctype, self.params = self._content_type()
-        if self.ctype[0] == "multipart":
-            self._split_multipart()
+        nests = self.ctype[0] == "multipart" or self.ctype == ("message", "rfc822")
+        if nests and (depth + 1 >= MAX_DEPTH or budget[0] <= 0):
+            self.truncated = True
+            self.ctype = ("application", "octet-stream")
+        elif self.ctype[0] == "multipart":
+            self._split_multipart(depth + 1, budget)  # the children's depth
         elif self.ctype == ("message", "rfc822"):
-            self.children = [Part(data, self.body, end)]
+            self.children = [Part(data, self.body, end, depth=depth + 1, budget=budget)]
 
     @property
     def header(self):
@@ -108,7 +132,7 @@ class Part:
             params["charset"] = "us-ascii"  # RFC 2045 5.2 default
         return (kind, sub), params
 
-    def _split_multipart(self):
+    def _split_multipart(self, depth, budget):
         boundary = self.params.get("boundary")
         if not boundary:
             return
@@ -122,13 +146,17 @@ class Part:
         pattern = re.compile(rb"\r\n" + re.escape(delim) + rb"(--)?[ \t]*(?:\r\n|$)")
         for m in pattern.finditer(data, pos, end):
             starts.append((m.start(), m.end(), bool(m.group(1))))
-            if m.group(1):
+            if m.group(1) or len(starts) > budget[0]:
                 break
         for i, (s, e, final) in enumerate(starts):
             if final:
                 break
+            if budget[0] <= 1:
+                # The last part the budget allows keeps the rest of the multipart.
+                self.children.append(Part(data, e, end, child_default, depth, budget))
+                break
             nxt = starts[i + 1][0] if i + 1 < len(starts) else end
-            self.children.append(Part(data, e, nxt, child_default))
+            self.children.append(Part(data, e, nxt, child_default, depth, budget))
 
     def find(self, numbers):
         """The part named by a section's part numbers (1-based), or None."""
@@ -175,6 +203,14 @@ def parse_params(value):
 
 def lines_of(data):
     return data.count(b"\r\n") + (1 if data and not data.endswith(b"\r\n") else 0)
+
+
+def _body_lines(part):
+    """lines_of(part.text) without copying the body: each nesting level counts in place."""
+    data, start, end = part.data, part.body, part.end
+    if start >= end:
+        return 0
+    return data.count(b"\r\n", start, end) + (0 if data.endswith(b"\r\n", start, end) else 1)
 
 
 # --- wire formats -------------------------------------------------------
@@ -271,7 +307,11 @@ def _language(part):
 
 
 def bodystructure(part, extended=True):
-    """BODYSTRUCTURE (extended) or BODY (RFC 3501 7.4.2) of a part."""
+    """
+    BODYSTRUCTURE (extended) or BODY (RFC 3501 7.4.2) of a part.
+
+    Recursion follows the part tree, which Part bounds at MAX_DEPTH.
+    """
     kind, sub = part.ctype
     if kind == "multipart":
         if not part.children:
@@ -289,7 +329,6 @@ def bodystructure(part, extended=True):
 
 def _single(part, ctype, params, extended):
     kind, sub = ctype
-    text = part.text
     encoding = (part.get("content-transfer-encoding") or "7bit").strip().upper()
     fields = [
         nstring(kind.upper()),
@@ -298,13 +337,13 @@ def _single(part, ctype, params, extended):
         nstring(part.get("content-id")),
         nstring(part.get("content-description")),
         nstring(encoding),
-        b"%d" % len(text),
+        b"%d" % (part.end - part.body),
     ]
     if (kind, sub) == ("message", "rfc822") and part.children:
         inner = part.children[0]
-        fields += [envelope(inner), bodystructure(inner, extended), b"%d" % lines_of(text)]
+        fields += [envelope(inner), bodystructure(inner, extended), b"%d" % _body_lines(part)]
     elif kind == "text":
-        fields.append(b"%d" % lines_of(text))
+        fields.append(b"%d" % _body_lines(part))
     if extended:
         fields += [
             nstring(part.get("content-md5")),

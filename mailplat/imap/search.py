@@ -242,17 +242,19 @@ def _compare(day, op, target):
 def _body_text(message):
     """The body as text for BODY/TEXT: MIME parts' texts, base64/QP decoded where easy."""
     out = []
-
-    def walk(part):
+    # Depth first, in order, with a list for a stack: no recursion, however
+    # deep the tree (mime.Part bounds it at mime.MAX_DEPTH anyway).
+    stack = [message]
+    while stack:
+        part = stack.pop()
         if part.children and part.ctype[0] == "multipart":
-            for c in part.children:
-                walk(c)
-            return
+            stack.extend(reversed(part.children))
+            continue
         if part.ctype == ("message", "rfc822") and part.children:
             inner = part.children[0]
             out.append(inner.header.decode("utf-8", "replace"))
-            walk(inner)
-            return
+            stack.append(inner)
+            continue
         data = part.text
         encoding = (part.get("content-transfer-encoding") or "").strip().lower()
         try:
@@ -267,6 +269,4 @@ def _body_text(message):
             out.append(data.decode(charset, "replace"))
         except LookupError:
             out.append(data.decode("utf-8", "replace"))
-
-    walk(message)
     return "".join(out).casefold()

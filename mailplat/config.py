@@ -60,6 +60,9 @@ LIMIT_KEYS = {
     "connections_per_ip": (int, 50),
     "command_timeout": (int, 300),
     "data_timeout": (int, 600),
+    # seconds a whole DATA, BDAT chunk or IMAP command with literals may take
+    # (a command line alone has command_timeout), however its bytes trickle
+    "data_total_timeout": (int, 3600),
     "auth_failures": (int, 5),
     "auth_failure_window": (int, 600),
     "auth_failure_delay": (int, 1),  # seconds added to each failed login's answer; 0 is allowed
@@ -93,6 +96,17 @@ DNS_DEFAULT_TIMEOUT = 10
 
 # The [dkim] table: signing on submission (mailplat.auth.dkim_sign).
 DKIM_KEYS = ("enabled", "domains", "selectors", "headers", "oversign_from")
+
+# The [authentication] table: SPF/DKIM/DMARC checks on the MX port and the
+# policy on their outcome (mailplat.auth.verify; docs/authentication.md).
+AUTHENTICATION_KEYS = ("verify", "timeout", "junk_folder", "dmarc_reject", "dmarc_quarantine", "spf_fail", "temperror", "domains")
+AUTHENTICATION_POLICY = {
+    "dmarc_reject": (("reject", "quarantine", "none"), "reject"),
+    "dmarc_quarantine": (("quarantine", "reject", "none"), "quarantine"),
+    "spf_fail": (("none", "quarantine", "reject"), "none"),
+    "temperror": (("accept", "defer"), "accept"),
+}
+AUTHENTICATION_DEFAULT_TIMEOUT = 20
 # The header fields signed when present (RFC 6376 5.4.1's list, trimmed to
 # what a submission client writes); From is signed once more than it occurs.
 DKIM_HEADERS = (
@@ -140,6 +154,8 @@ class Config:
     dns: dict = field(default_factory=lambda: {"servers": [], "timeout": DNS_DEFAULT_TIMEOUT})
     # [dkim]: see _dkim; key files live under state_dir/dkim/DOMAIN/SELECTOR.key
     dkim: dict = field(default_factory=dict)
+    # [authentication]: see _authentication; None means the defaults
+    authentication: dict | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     def is_local_domain(self, domain):
@@ -221,7 +237,7 @@ def _table(source, data, name):
     return value
 
 
-KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp", "dns", "dkim"}
+KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp", "dns", "dkim", "authentication"}
 
 
 def _build(data, source, cwd):
@@ -295,6 +311,7 @@ def _build(data, source, cwd):
     relay = _relay(source, data, cwd)
     dns = _dns(source, data)
     dkim = _dkim(source, data, state_dir)
+    authentication = _authentication(source, data)
 
     return Config(
         source=source,
@@ -316,6 +333,7 @@ def _build(data, source, cwd):
         relay=relay,
         dns=dns,
         dkim=dkim,
+        authentication=authentication,
         raw=data,
     )
 
@@ -453,4 +471,49 @@ def _dkim(source, data, state_dir):
         "headers": headers,
         "oversign_from": _expect(source, table, "oversign_from", "dkim", bool, default=True),
         "key_dir": os.path.join(state_dir, "dkim"),
+    }
+
+
+def _policy_value(source, key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(source, key, f"must be one of {', '.join(repr(a) for a in allowed)}, not {value!r}")
+    return value
+
+
+def _authentication(source, data):
+    """The [authentication] table: inbound SPF/DKIM/DMARC checks and what their outcome does."""
+    table = _table(source, data, "authentication")
+    _unknown_keys(source, table, "authentication", AUTHENTICATION_KEYS)
+    timeout = table.get("timeout", AUTHENTICATION_DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(source, "authentication.timeout", f"must be a positive number of seconds, not {timeout!r}")
+    junk = _expect(source, table, "junk_folder", "authentication", str, default="Junk")
+    if not junk or any(not c.isprintable() for c in junk):
+        raise ConfigError(source, "authentication.junk_folder", f"not a folder name: {junk!r}")
+    policy = {}
+    for name, (allowed, default) in AUTHENTICATION_POLICY.items():
+        value = _expect(source, table, name, "authentication", str, default=default)
+        policy[name] = _policy_value(source, f"authentication.{name}", value, allowed)
+    domains_table = table.get("domains", {})
+    if not isinstance(domains_table, dict):
+        raise ConfigError(source, "authentication.domains", 'must be a table: { "example.org" = { dmarc_reject = "quarantine" } }')
+    domains = {}
+    for domain, overrides in domains_table.items():
+        key = f"authentication.domains.{domain}"
+        if not isinstance(overrides, dict):
+            raise ConfigError(source, key, "must be a table of policy keys")
+        checked = {}
+        for name, value in overrides.items():
+            if name not in AUTHENTICATION_POLICY:
+                raise ConfigError(source, f"{key}.{name}", f"unknown key; known: {', '.join(AUTHENTICATION_POLICY)}")
+            if not isinstance(value, str):
+                raise ConfigError(source, f"{key}.{name}", f"must be a string, not {value!r}")
+            checked[name] = _policy_value(source, f"{key}.{name}", value, AUTHENTICATION_POLICY[name][0])
+        domains[_domain_name(source, key, domain)] = checked
+    return {
+        "verify": _expect(source, table, "verify", "authentication", bool, default=True),
+        "timeout": timeout,
+        "junk_folder": junk,
+        "policy": policy,  # the defaults for every recipient domain
+        "domains": domains,  # recipient domain -> the policy keys it overrides
     }

@@ -12,6 +12,8 @@ It provides twisted.names' IResolver: the lookup methods are those of the
 underlying resolver (/etc/hosts first, then the name servers).
 """
 
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.names import client, hosts, resolve
 
 DEFAULT_TIMEOUT = 10  # seconds a lookup may take in all, retries included
@@ -47,10 +49,26 @@ def make_resolver(servers=None, timeout=DEFAULT_TIMEOUT):
 
 
 def close_resolver(upstream):
-    """Stop the timer with which client.Resolver re-reads resolv.conf."""
+    """
+    Stop the timer with which client.Resolver re-reads resolv.conf, and
+    close the TCP connections it keeps after an answer too long for UDP
+    (it never closes them itself). A Deferred that fires once they are gone.
+    """
     call = getattr(upstream, "_parseCall", None)
     if call is not None and call.active():
         call.cancel()
+    connections = list(getattr(upstream, "connections", []))
+    for protocol in connections:
+        protocol.transport.loseConnection()
+    return _until_closed(upstream.connections) if connections else defer.succeed(None)
+
+
+@defer.inlineCallbacks
+def _until_closed(connections, tries=100):
+    for _ in range(tries):
+        if not connections:
+            return
+        yield deferLater(reactor, 0.01, lambda: None)
 
 
 class SharedResolver:
@@ -86,4 +104,5 @@ class SharedResolver:
 
     def close(self):
         if self._upstream is not None:
-            close_resolver(self._upstream)
+            return close_resolver(self._upstream)
+        return defer.succeed(None)

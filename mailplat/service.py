@@ -12,6 +12,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat import plugin, tls
 from mailplat.auth.dkim_sign import DKIMSigner, SigningDelivery
+from mailplat.auth.verify import Verifier, VerifyingDelivery
 from mailplat.config import TLS_WRAPPED, ConfigError
 from mailplat.delivery.addresses import AddressResolver
 from mailplat.delivery.aliases import AliasesFile, AliasSources
@@ -66,6 +67,8 @@ class Backends:
         self.relay = relay.build(config, local_agent=self.delivery, resolver=self.dns)
         # DKIM signing of submitted mail ([dkim], keys under state_dir/dkim).
         self.dkim = DKIMSigner(config.dkim)
+        # SPF/DKIM/DMARC checks and their policy on the MX port ([authentication]).
+        self.verifier = Verifier(self.dns, config.authentication, config.hostname)
 
 
 class ServerService(service.MultiService):
@@ -120,8 +123,12 @@ def make_service(config):
     shared = dict(throttle=throttle, connections=connections, allow_plaintext_auth=config.allow_plaintext_auth)
 
     def smtp(policy):
-        # Submitted mail is DKIM-signed on its way to the fan-out; MX mail is not.
-        delivery = fanout if policy == "mx" else SigningDelivery(fanout, backends.dkim)
+        # Submitted mail is DKIM-signed on its way to the fan-out; MX mail is
+        # checked (SPF, DKIM, DMARC) and given an Authentication-Results field.
+        if policy == "mx":
+            delivery = VerifyingDelivery(fanout, backends.verifier)
+        else:
+            delivery = SigningDelivery(fanout, backends.dkim)
         return SMTPFactory(
             policy,
             config.hostname,

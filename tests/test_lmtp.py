@@ -61,7 +61,9 @@ class EndToEnd(unittest.TestCase):
         self.assertEqual(data[0], 250)
         [stored] = self.lmtp.messages["alice@example.test"]
         self.assertTrue(stored.endswith(MESSAGE.replace(b"\r\n", b"\n")), stored)
-        self.assertTrue(stored.startswith(b"Received: "), "our trace header goes first")
+        # Our trace fields go first: the MX's Authentication-Results, then Received.
+        self.assertTrue(stored.startswith(b"Authentication-Results: mail.example.test;"), stored[:80])
+        self.assertIn(b"\nReceived: ", stored)
         self.assertNotIn(b"Return-Path", stored, "the LMTP server adds Return-Path itself")
         self.assertEqual(self.lmtp.senders, ["dave@remote.test"])
         self.assertIn("LHLO mail.example.test", self.lmtp.commands)

@@ -608,7 +608,9 @@ class SMTPInto(unittest.TestCase):
         self.assertEqual(len(messages), 2)
         for m in messages:
             data = unquote_mboxrd(m.as_bytes(unixfrom=False))
-            self.assertTrue(data.startswith(b"Return-Path: <carol@remote.test>\nReceived: from "), data[:80])
+            # Return-Path, the MX's Authentication-Results, then our Received.
+            self.assertTrue(data.startswith(b"Return-Path: <carol@remote.test>\nAuthentication-Results: mail.example.test;"), data[:80])
+            self.assertIn(b"\nReceived: from ", data)
             self.assertTrue(data.endswith(TRICKY), data)
             self.assertTrue(m.get_from().startswith("carol@remote.test "))
 

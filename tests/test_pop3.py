@@ -140,7 +140,9 @@ class EndToEnd(POP3TestCase):
 
     def check_tricky(self, lines):
         data = retrieved(lines)
-        self.assertTrue(data.startswith(b"Return-Path: <carol@remote.test>\r\nReceived: from "), data[:80])
+        # Return-Path, the MX's Authentication-Results, then our Received.
+        self.assertTrue(data.startswith(b"Return-Path: <carol@remote.test>\r\nAuthentication-Results: mail.example.test;"), data[:80])
+        self.assertIn(b"\r\nReceived: from ", data)
         # Everything after the trace headers is exactly what the client sent.
         self.assertTrue(data.endswith(TRICKY), data)
         self.assertEqual(data.count(b"Received:"), 1)

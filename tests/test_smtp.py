@@ -117,8 +117,11 @@ class MXDelivery(SMTPTestCase):
         [data] = stored(self.server, "alice@example.test")
         lines = data.split(b"\n")
         self.assertEqual(lines[0], b"Return-Path: <carol@remote.test>")
-        self.assertTrue(lines[1].startswith(b"Received: from client.remote.test ([127.0.0.1])"), lines[1])
-        received = b" ".join(l.strip() for l in lines[1:4])
+        # The MX's Authentication-Results (mailplat.auth.verify), then our Received.
+        self.assertTrue(lines[1].startswith(b"Authentication-Results: mail.example.test;"), lines[1])
+        at = next(i for i, line in enumerate(lines) if line.startswith(b"Received: "))
+        self.assertTrue(lines[at].startswith(b"Received: from client.remote.test ([127.0.0.1])"), lines[at])
+        received = b" ".join(l.strip() for l in lines[at : at + 3])
         # RFC 3848: plain ESMTP, no TLS, no AUTH.
         self.assertIn(b" with ESMTP", received)
         self.assertNotIn(b"ESMTPS", received)

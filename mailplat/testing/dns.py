@@ -12,6 +12,8 @@ points the whole server at it.
     port = server.start()            # then server.address == "127.0.0.1:PORT"
     ...
     server.queries                   # [(name, type name), ...] as asked
+    server.delay = 5                 # answer each query 5 s late (None: at once)
+    server.silent = True             # answer nothing (a name server that is down)
     yield server.stop()
 
 From a trial test, L{start_dns_server} starts one and stops it at cleanup.
@@ -53,11 +55,34 @@ class _RecordingFactory(server.DNSServerFactory):
     def __init__(self, authorities, queries):
         server.DNSServerFactory.__init__(self, authorities=authorities)
         self.queries = queries
+        self.delay = None
+        self.silent = False
+        self.pending = []
 
     def handleQuery(self, message, protocol, address):
         for q in message.queries:
             self.queries.append((q.name.name.decode("ascii", "replace").lower(), dns.QUERY_TYPES.get(q.type, q.type)))
+        if self.silent:
+            return None
+        if self.delay:
+            call = reactor.callLater(self.delay, server.DNSServerFactory.handleQuery, self, message, protocol, address)
+            self.pending.append(call)
+            return None
         return server.DNSServerFactory.handleQuery(self, message, protocol, address)
+
+
+class _TruncatingDatagramProtocol(dns.DNSDatagramProtocol):
+    """
+    UDP answers larger than 512 octets go out empty with the TC bit (RFC
+    1035 4.2.1), as a real server's would, so the client asks again over
+    TCP. (twisted.names' server sends them whole, which no client reads.)
+    """
+
+    def writeMessage(self, message, address):
+        if len(message.toStr()) > 512:
+            message.trunc = 1
+            message.answers, message.authority, message.additional = [], [], []
+        dns.DNSDatagramProtocol.writeMessage(self, message, address)
 
 
 class TestDNSServer:
@@ -88,7 +113,7 @@ class TestDNSServer:
     def start(self, interface="127.0.0.1"):
         """Listen on one free port, UDP and TCP; returns the port number."""
         for _ in range(20):
-            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(self.factory), interface=interface)
+            udp = reactor.listenUDP(0, _TruncatingDatagramProtocol(self.factory), interface=interface)
             port = udp.getHost().port
             try:
                 tcp = reactor.listenTCP(port, self.factory, interface=interface)
@@ -106,6 +131,24 @@ class TestDNSServer:
         """"127.0.0.1:PORT", as `[dns] servers` takes it."""
         return f"{self.interface}:{self.port}"
 
+    @property
+    def delay(self):
+        """Seconds each answer waits (None: at once): a slow name server."""
+        return self.factory.delay
+
+    @delay.setter
+    def delay(self, seconds):
+        self.factory.delay = seconds
+
+    @property
+    def silent(self):
+        """True: queries are recorded and never answered (a name server that is down)."""
+        return self.factory.silent
+
+    @silent.setter
+    def silent(self, value):
+        self.factory.silent = value
+
     def add(self, name, record):
         """Serve one more record (in the zone the name falls in)."""
         name = _name(name)
@@ -118,7 +161,23 @@ class TestDNSServer:
 
     def stop(self):
         listening, self._listening = self._listening, []
-        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in listening])
+        for call in self.factory.pending:
+            if call.active():
+                call.cancel()
+        # TCP clients (answers too long for UDP) are disconnected too.
+        for protocol in list(self.factory.connections):
+            protocol.transport.loseConnection()
+        d = defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in listening])
+        return d.addCallback(lambda _: self._until_disconnected())
+
+    @defer.inlineCallbacks
+    def _until_disconnected(self):
+        from twisted.internet.task import deferLater
+
+        for _ in range(100):
+            if not self.factory.connections:
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
 
 
 def start_dns_server(testcase, records, zones=None):

@@ -9,9 +9,11 @@ and every close we decide on becomes an abort when it has not happened
 after a short grace.
 """
 
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 log = Logger()
@@ -52,6 +54,7 @@ class HandshakeDeadline:
     def close_connection(self, grace=CLOSE_GRACE, clock=reactor):
         """loseConnection, then abort after `grace` if the peer holds it open."""
         self.transport.loseConnection()
+        close_after_close_notify(self.transport)
         if self._close_call is None or not self._close_call.active():
             self._close_call = clock.callLater(grace, self.transport.abortConnection)
 
@@ -65,3 +68,62 @@ class HandshakeDeadline:
         if self._close_call is not None and self._close_call.active():
             self._close_call.cancel()
         self._close_call = None
+
+
+def close_after_close_notify(transport):
+    """
+    After a TLS loseConnection: once our close_notify is out, close the TCP
+    connection too. Twisted's TLS layer otherwise waits for the peer's
+    close_notify, and a client that waits for the server to close (Dovecot's
+    imaptest after LOGOUT, when the alert came in the same read as the BYE)
+    never sends one: both sides wait. RFC 8446 6.1 (and RFC 5246 7.2.1): the
+    side that closes need not wait for the other's close_notify.
+    """
+    # Implicit TLS: the transport is the TLS layer; after STARTTLS, its protocol is.
+    layer = transport.protocol if getattr(transport, "TLS", False) else transport
+    if not isinstance(layer, TLSMemoryBIOProtocol) or not layer.disconnecting or layer.transport is None:
+        return
+    try:
+        sent = layer.getHandle().get_shutdown() & SSL.SENT_SHUTDOWN
+    except (SSL.Error, AttributeError):
+        return
+    if sent:
+        layer.transport.loseConnection()  # after what is buffered, close_notify included
+
+
+class InputDeadline:
+    """
+    A command line, and a DATA, BDAT chunk or literal-carrying IMAP command,
+    must arrive whole within a bound however its bytes trickle: the idle
+    timer restarts on every byte, so a client sending one byte every few
+    seconds would otherwise hold its session (and its connection slot) for
+    ever.
+
+    After each read the server says what is incomplete: `watch(line_open,
+    unit_open)`. A clock starts when a line (or unit) opens and keeps
+    running until it is whole; `expired` is called when one runs out.
+    """
+
+    def __init__(self, expired, line_seconds, unit_seconds, clock=reactor):
+        self._expired = expired
+        self._clock = clock
+        self._bounds = {"line": line_seconds, "unit": unit_seconds}
+        self._calls = {"line": None, "unit": None}
+
+    def watch(self, line_open, unit_open):
+        for kind, is_open in (("line", line_open), ("unit", unit_open)):
+            call = self._calls[kind]
+            running = call is not None and call.active()
+            if is_open and not running:
+                self._calls[kind] = self._clock.callLater(self._bounds[kind], self._fire, kind)
+            elif not is_open and running:
+                call.cancel()
+                self._calls[kind] = None
+
+    def stop(self):
+        self.watch(False, False)
+
+    def _fire(self, kind):
+        self._calls[kind] = None
+        log.info("input {kind} not complete within {seconds} s; closing", kind=kind, seconds=self._bounds[kind])
+        self._expired()

@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from mailplat.imap import mime
 from mailplat.imap.parser import BadCommand
 
+# RFC 3501 9: nz-number and number are 32-bit unsigned.
+MAX_NUMBER = 0xFFFFFFFF
 FP = imap4._FetchParser
 log = Logger()
 _FIELD_LISTS = re.compile(rb"HEADER\.FIELDS(?:\.NOT)?\s*\(([^)]*)\)", re.I)
@@ -87,6 +89,9 @@ def parse_items(raw):
         raise BadCommand("unbalanced parentheses in FETCH items")
     if raw.startswith(b"(") and not raw.endswith(b")"):
         raise BadCommand("unexpected text after FETCH items")
+    if any(c < 0x20 or c > 0x7E for c in raw):
+        # RFC 3501 9: every FETCH item, header field names included, is 7-bit text.
+        raise BadCommand("FETCH items must be 7-bit text")
     upper = raw.upper()
     if upper == b"FAST":
         raw = b"(FLAGS INTERNALDATE RFC822.SIZE)"
@@ -97,8 +102,10 @@ def parse_items(raw):
     parser = FP()
     try:
         parser.parseString(raw)
-    except Exception as e:
-        raise BadCommand(f"bad FETCH items: {e}")
+    except Exception:
+        # The parser's own words (Python's int() errors among them) are not
+        # for the client.
+        raise BadCommand("bad FETCH items")
     if parser.state or parser.remaining:
         raise BadCommand("bad FETCH items")
     # Twisted's parser upper-cases HEADER.FIELDS names; answer with the
@@ -113,6 +120,8 @@ def parse_items(raw):
         if not isinstance(r, FP.Body):
             raise BadCommand("bad FETCH items")
         part = tuple(n + 1 for n in r.part)
+        if any(n > MAX_NUMBER for n in part):
+            raise BadCommand("section part numbers are at most 32 bits")
         if r.header is None and r.text is None and r.mime is None and not r.empty:
             items.append(Item("body"))  # BODY without a section: the non-extensible BODYSTRUCTURE
             continue
@@ -135,6 +144,8 @@ def parse_items(raw):
         start = length = None
         if r.partialBegin is not None:
             start, length = int(r.partialBegin), int(r.partialLength)
+            if start > MAX_NUMBER or length > MAX_NUMBER:
+                raise BadCommand("partial offsets are at most 32 bits")
             if length == 0:
                 raise BadCommand("partial length must be positive")
         items.append(Item("section", part, section, fields, negate, bool(r.peek), start, length))

@@ -14,15 +14,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailplat.imap.fetch import flag_list
-from mailplat.imap.parser import BadCommand, canonical_name, encode_mailbox
-from mailplat.imap.session import SELECTED, SelectedFolder, recent_count, unclaimed
+from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
+from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
 from mailplat.store.boundary import RefusedName
 from mailplat.store.source import BytesSource
 
 log = Logger()
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
 _DATE_TIME = re.compile(
     rb"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
@@ -88,6 +86,41 @@ def _return_option(reader):
     return name, None
 
 
+def _reference_and_pattern(reader):
+    """
+    LIST/LSUB's reference and pattern; the pattern is None when either is not
+    valid modified UTF-7 (RFC 3501 5.1.3): it matches no mailbox, an OK.
+    """
+    valid = True
+    try:
+        ref = reader.mailbox()
+    except InvalidName:
+        ref, valid = "", False
+    reader.space()
+    try:
+        pattern = reader.list_mailbox()
+    except InvalidName:
+        pattern, valid = "", False
+    return ref, pattern if valid else None
+
+
+def _unsubscribed_parents(subscribed, sep, regex):
+    """
+    RFC 3501 6.3.9: LSUB with "%" lists a subscribed mailbox's parent that
+    the pattern matches and that is not subscribed itself, as \\Noselect,
+    so that a client walking the tree level by level finds the child.
+    """
+    have = set(subscribed)
+    parents = set()
+    for name in subscribed:
+        parts = name.split(sep)
+        for i in range(1, len(parts)):
+            parent = sep.join(parts[:i])
+            if parent not in have and regex.fullmatch(parent):
+                parents.add(parent)
+    return parents
+
+
 def _attributes(attrs):
     return b"(" + b" ".join(a.encode("ascii") for a in sorted(attrs)) + b")"
 
@@ -131,11 +164,12 @@ class MailboxCommands:
                 keywords.update(f for f in m.flags if not f.startswith("\\"))
                 if unseen is None and "\\Seen" not in m.flags:
                     unseen = i + 1
-            flags = list(SYSTEM_FLAGS) + sorted(keywords)
+            sel.known = sel.known | keywords
+            flags_line, permanent_line = flags_responses(keywords, readonly)
             # RFC 3501 6.3.1 / 7.1: Twisted sends no UNSEEN, UIDNEXT or
             # PERMANENTFLAGS; clients need all three to sync by UID.
             out = [
-                b"* FLAGS " + flag_list(flags) + b"\r\n",
+                flags_line,
                 b"* %d EXISTS\r\n" % len(sel.uids),
                 b"* %d RECENT\r\n" % len(sel.recent),
             ]
@@ -143,11 +177,7 @@ class MailboxCommands:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % unseen)
             out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity)
             out.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext)
-            if readonly:
-                out.append(b"* OK [PERMANENTFLAGS ()] read-only mailbox\r\n")
-            else:
-                permanent = flag_list(list(SYSTEM_FLAGS) + sorted(keywords) + ["\\*"])
-                out.append(b"* OK [PERMANENTFLAGS " + permanent + b"] flags permitted\r\n")
+            out.append(permanent_line)
             self.write(b"".join(out))
             self.selected = sel
             self.state = SELECTED
@@ -250,9 +280,7 @@ class MailboxCommands:
             options = reader.paren_list(lambda: reader.atom("a selection option").upper())
             special_only = b"SPECIAL-USE" in options
             reader.space()
-        ref = reader.mailbox()
-        reader.space()
-        pattern = reader.list_mailbox()
+        ref, pattern = _reference_and_pattern(reader)
         status_items = None
         if reader.maybe_space():
             if reader.atom("RETURN").upper() != b"RETURN":
@@ -263,6 +291,9 @@ class MailboxCommands:
                     status_items = items
         reader.end()
         sep = self._sep()
+        if pattern is None:
+            self.ok(tag, "LIST completed")  # no mailbox has a name that is not modified UTF-7
+            return None
         if pattern == "":
             # RFC 3501 6.3.8: the hierarchy delimiter and root name.
             self.untagged(b'LIST (\\Noselect) "' + sep.encode() + b'" ""')
@@ -272,10 +303,11 @@ class MailboxCommands:
 
     def cmd_LSUB(self, tag, reader):
         reader.space()
-        ref = reader.mailbox()
-        reader.space()
-        pattern = reader.list_mailbox()
+        ref, pattern = _reference_and_pattern(reader)
         reader.end()
+        if pattern is None:
+            self.ok(tag, "LSUB completed")
+            return None
         return self._list(tag, ref, pattern, b"LSUB", False)
 
     def _list(self, tag, ref, pattern, verb, special_only, status_items=None):
@@ -296,15 +328,19 @@ class MailboxCommands:
             folders, subs = result
             attrs_of = {canonical_name(n): a for n, a in folders}
             names = sorted(attrs_of) if subs is None else sorted({canonical_name(s) for s in subs})
+            parents = _unsubscribed_parents(names, sep, regex) if subs is not None and "%" in full else set()
             found = []
-            for name in names:
+            for name in sorted(set(names) | parents):
                 if not regex.fullmatch(name):
                     continue
                 attrs = set(attrs_of.get(name, ()))
                 if special_only and not attrs & {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}:
                     continue
                 if verb == b"LSUB":
-                    attrs = {a for a in attrs if a in ("\\Noselect",)} if name in attrs_of else {"\\Noselect"}
+                    if name in parents or name not in attrs_of:
+                        attrs = {"\\Noselect"}
+                    else:
+                        attrs = {a for a in attrs if a in ("\\Noselect",)}
                 found.append((name, attrs, None))
             if status_items is None:
                 return found

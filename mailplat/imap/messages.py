@@ -11,8 +11,6 @@ every message in memory.
 """
 
 from twisted.internet import defer, reactor, task, threads
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 from mailplat.imap import fetch
 from mailplat.imap.parser import BadCommand, canonical_name
@@ -57,43 +55,6 @@ def _read_all(files, work):
             fetch.report_broken(f)
             results.append(None)
     return results
-
-
-@implementer(IPushProducer)
-class Backpressure:
-    """
-    Paces a long FETCH by the client's reading speed: the transport pauses
-    us when its buffer fills, and the next batch waits for the resume.
-    """
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.paused = False
-        self.waiting = []
-        transport.registerProducer(self, True)
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        waiting, self.waiting = self.waiting, []
-        for d in waiting:
-            d.callback(None)
-
-    def stopProducing(self):
-        self.resumeProducing()
-
-    def wait(self):
-        if not self.paused:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self.waiting.append(d)
-        return d
-
-    def done(self, result=None):
-        self.transport.unregisterProducer()
-        return result
 
 
 class MessageCommands:
@@ -196,7 +157,8 @@ class MessageCommands:
                     sel.flagged.discard(u)
                     if silent:
                         continue
-                    now = set(changed[u]) | ({"\\Recent"} if u in sel.recent else set())
+                    now = frozenset(changed[u]) | ({"\\Recent"} if u in sel.recent else frozenset())
+                    out += sel.announce(now)  # RFC 3501 7.2.6: a new keyword first
                     items = b"FLAGS " + fetch.flag_list(now)
                     if uid:
                         items += b" UID %d" % u
@@ -352,12 +314,6 @@ class MessageCommands:
         d.addCallback(lambda _: self._fetch_batches(tag, sel, targets, items, seen))
         return d
 
-    def _paced(self):
-        try:
-            return Backpressure(self.transport)
-        except RuntimeError:  # another producer is registered; go unpaced
-            return None
-
     def _fetch_batches(self, tag, sel, targets, items, seen):
         needs_file = any(i.needs_file for i in items)
         want_env = any(i.kind == "envelope" for i in items)
@@ -373,8 +329,6 @@ class MessageCommands:
                 body = folder.cached(u, "body")
             missing = needs_file or (want_env and env is None) or (want_bs and (bs is None or body is None))
             return env, bs, body, missing
-
-        pace = self._paced() if len(targets) > BATCH else None
 
         def load(start):
             """Open and parse a batch in the thread pool: (chunk, plans, computed)."""
@@ -421,8 +375,10 @@ class MessageCommands:
             if start >= len(targets):
                 self.ok(tag, "FETCH completed")
                 return None
-            if pace is not None and pace.paused:
-                return pace.wait().addCallback(lambda _: step(start, loading))
+            if self._flow.writing:
+                # Paced by the client's reading: the next batch waits for
+                # the session's send buffer to drain (L{mailplat.backpressure}).
+                return self._flow.writable().addCallback(lambda _: step(start, loading))
             if loading is None:
                 # Index-only answers go in big batches, without the thread pool.
                 chunk = targets[start : start + CHEAP_BATCH]
@@ -453,10 +409,7 @@ class MessageCommands:
             # let other sessions run between big batches
             return task.deferLater(reactor, 0, step, start)
 
-        d = defer.maybeDeferred(step, 0)
-        if pace is not None:
-            d.addBoth(pace.done)
-        return d
+        return defer.maybeDeferred(step, 0)
 
     def _fetch_response(self, sel, seq, u, info, items, sections, env, bs, body, seen_now):
         flags = None
@@ -487,7 +440,9 @@ class MessageCommands:
             # RFC 3501 6.4.5: an implicit \Seen is reported with the data.
             flags = sel.flags_of(u, info) | SEEN
             parts.append(b"FLAGS " + fetch.flag_list(flags))
-        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+        # RFC 3501 7.2.6: a keyword the client was not told of goes in FLAGS first.
+        announced = b"".join(sel.announce(flags)) if flags is not None else b""
+        return announced + b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
 
 def _wire(value):

@@ -8,9 +8,9 @@ case included, so HEADER.FIELDS is byte-exact and 8-bit headers pass
 through untouched.
 """
 
-import email.utils
 import re
 
+from mailplat.imap import address
 from mailplat.imap.parser import quote
 
 _HEADER_END = re.compile(rb"\r\n\r\n")
@@ -159,28 +159,29 @@ class Part:
             self.children.append(Part(data, e, nxt, child_default, depth, budget))
 
     def find(self, numbers):
-        """The part named by a section's part numbers (1-based), or None."""
+        """
+        The part named by a section's part numbers (1-based), or None.
+
+        RFC 3501 6.4.5: the parts of a multipart are numbered 1, 2, ...; a
+        message that is not multipart has one part, 1, its body (so BODY[1]
+        of a message/rfc822 message is the whole attached message); the
+        parts of an attached message/rfc822 are numbered as its own message's.
+        """
         part = self
-        for n in numbers:
-            if part.ctype[0] == "multipart":
-                if not 1 <= n <= len(part.children):
-                    return None
-                part = part.children[n - 1]
-            elif part.ctype == ("message", "rfc822"):
-                inner = part.children[0]
-                if inner.ctype[0] == "multipart":
-                    if not 1 <= n <= len(inner.children):
-                        return None
-                    part = inner.children[n - 1]
-                elif n == 1:
-                    part = inner
-                else:
-                    return None
-            elif n == 1:
-                continue  # RFC 3501 6.4.5: a non-multipart message has part 1
-            else:
+        for depth, n in enumerate(numbers):
+            parts = part._numbered(depth == 0)
+            if not 1 <= n <= len(parts):
                 return None
+            part = parts[n - 1]
         return part
+
+    def _numbered(self, top):
+        """The parts numbered 1, 2, ... below this one."""
+        if self.ctype[0] == "multipart":
+            return self.children
+        if self.ctype == ("message", "rfc822") and self.children and not top:
+            return self.children[0]._numbered(True)
+        return [self]
 
 
 _PARAM = re.compile(
@@ -226,40 +227,30 @@ def nstring(value):
     return quote(value)
 
 
-# The common forms, `Name <a@b>`, `"Name" <a@b>` and `a@b`, parsed without
-# email.utils (five times faster); anything else goes the long way.
-_SIMPLE_ADDRESS = re.compile(r'^\s*(?:"([^"\\]*)"|([^<>",;:()\\@]*?))\s*<([^<>@\s",]+)@([^<>@\s",]+)>\s*$|^\s*([^<>@\s",;:()]+)@([^<>@\s",;:()]+)\s*$')
+# The common forms, `Name <a@b>`, `"Name" <a@b>` and `a@b`, parsed by one
+# regex (five times faster); anything else (groups, routes, comments) goes
+# through L{mailplat.imap.address}.
+_SIMPLE_ADDRESS = re.compile(r'^\s*(?:"([^"\\]*)"|([^<>",;:()\\@]*?))\s*<([^<>@\s",;:()]+)@([^<>@\s",;:()]+)>\s*$|^\s*([^<>@\s",;:()]+)@([^<>@\s",;:()]+)\s*$')
 
 
 def _addresses(value):
+    """[(name, route, mailbox, host)], group markers included (RFC 3501 7.4.2)."""
     m = _SIMPLE_ADDRESS.match(value)
     if m is None:
-        return email.utils.getaddresses([value])
+        return address.parse(value)
     if m.group(3) is not None:
         name = m.group(1) if m.group(1) is not None else m.group(2).strip()
-        return [(name, f"{m.group(3)}@{m.group(4)}")]
-    return [("", f"{m.group(5)}@{m.group(6)}")]
-
-
-_EMPTY_GROUP = re.compile(r"^\s*([^:<>\"@,;]+):\s*;\s*$")
+        return [(name or None, None, m.group(3), m.group(4))]
+    return [(None, None, m.group(5), m.group(6))]
 
 
 def _address_list(value):
     if value is None:
         return b"NIL"
-    group = _EMPTY_GROUP.match(value)
-    if group:
-        # RFC 3501 7.4.2: a group is its start marker (NIL host) and end marker.
-        return b"((NIL NIL " + nstring(group.group(1).strip()) + b" NIL)(NIL NIL NIL NIL))"
     out = []
-    for name, addr in _addresses(value):
-        if not name and not addr:
-            continue
-        local, at, host = addr.rpartition("@")
-        if not at:
-            local, host = addr, None
-        # RFC 3501 7.4.2: group syntax is sent as a mailbox with NIL host.
-        out.append(b"(" + b" ".join((nstring(name or None), b"NIL", nstring(local or None), nstring(host))) + b")")
+    for name, route, local, host in _addresses(value):
+        # RFC 3501 7.4.2: a group starts with (NIL NIL "name" NIL) and ends with (NIL NIL NIL NIL).
+        out.append(b"(" + b" ".join((nstring(name), nstring(route), nstring(local), nstring(host))) + b")")
     if not out:
         return b"NIL"
     return b"(" + b"".join(out) + b")"

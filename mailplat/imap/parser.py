@@ -22,6 +22,14 @@ class BadCommand(Exception):
     """The command's syntax is wrong: answered with a tagged BAD."""
 
 
+class InvalidName(BadCommand):
+    """
+    A mailbox name that is a valid astring but not valid modified UTF-7
+    (RFC 3501 5.1.3): no mailbox has it, so the command gets a NO, not a
+    BAD, and a LIST pattern of it matches nothing (as Dovecot answers).
+    """
+
+
 def literal_announced(line):
     """(size, non_synchronizing) when `line` ends with a literal, else None."""
     m = _LITERAL_AT_END.search(line)
@@ -210,7 +218,7 @@ def decode_mailbox(raw):
     try:
         return raw.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
-        raise BadCommand("mailbox name is not valid modified UTF-7")
+        raise InvalidName("mailbox name is not valid modified UTF-7")
 
 
 def canonical_name(name, separator="."):

@@ -14,7 +14,7 @@ import email.utils
 import quopri
 import time
 
-from mailplat.imap import mime
+from mailplat.imap import address, mime
 from mailplat.imap.parser import BadCommand, in_ranges, parse_date, parse_sequence_set
 
 MAX_DEPTH = 100  # nested search keys (Dovecot refuses deep nesting too)
@@ -34,6 +34,7 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
+_ADDRESS_KEYS = ("BCC", "CC", "FROM", "TO")
 
 
 class Context:
@@ -149,6 +150,9 @@ class Query:
             return ("flag", r.flag(), key == "KEYWORD")
         if key in ("NEW", "OLD", "RECENT"):
             return (key.lower(),)
+        if key in _ADDRESS_KEYS:
+            self.needs_file = True
+            return ("address", key.lower(), self._string())
         if key in _HEADER_KEYS:
             self.needs_file = True
             return ("header", key.lower(), self._string())
@@ -221,6 +225,16 @@ class Query:
             for n, raw in ctx.message.fields():
                 if n == name and node[2] in decode_header(mime.field_value(raw)):
                     return True
+            return False
+        if kind == "address":
+            # The raw value, and each address with the comments and spaces
+            # inside it gone (`<user (comment)@ domain>` is user@domain).
+            name = node[1].encode("ascii")
+            for n, raw in ctx.message.fields():
+                if n == name:
+                    value = mime.field_value(raw)
+                    if node[2] in decode_header(value) or node[2] in decode_header(address.search_text(value)):
+                        return True
             return False
         if kind == "body":
             return node[1] in _body_text(ctx.message)

@@ -28,11 +28,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
 
-from mailplat.deadlines import HandshakeDeadline
+from mailplat.backpressure import ANSWERING, Flow
+from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.imap.auth import AuthCommands
 from mailplat.imap.mailboxes import MailboxCommands
 from mailplat.imap.messages import MessageCommands
-from mailplat.imap.parser import BadCommand, Reader, literal_announced
+from mailplat.imap.parser import BadCommand, InvalidName, Reader, literal_announced
 from mailplat.imap.session import AUTH, LOGOUT, SELECTED, UNAUTH
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
@@ -41,6 +42,12 @@ log = Logger()
 
 MAX_COMMAND = 64 * 1024  # command text without literals
 MAX_LITERAL = 64 * 1024  # a literal in anything but APPEND
+# RFC 2971 3.3: the largest ID a client may send (30 pairs of a 30-octet
+# name and a 1024-octet value, quoted) is one line of about 32,000 octets.
+MIN_LINE = 33 * 1024
+# All the literals of one command before login: LOGIN's name and password,
+# each at its largest, and far more than an ID (RFC 2971 3.3) needs.
+MAX_LITERALS_BEFORE_LOGIN = 2 * MAX_LITERAL
 MAX_ERRORS = 50  # consecutive BADs before the server gives up
 
 CAPABILITIES = [
@@ -110,7 +117,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
         self.factory = factory
         self.portal = factory.portal
         self.timeOut = factory.limits["command_timeout"]
-        self.max_line = max(factory.limits["line_length"], 8192)
+        self.max_line = max(factory.limits["line_length"], MIN_LINE)
         self.state = UNAUTH
         self.account = None  # IMailAccount once logged in
         self.selected = None  # SelectedFolder
@@ -121,7 +128,13 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
         self._skip = 0  # octets of an oversized non-synchronizing literal to drop
         self._reject = None  # (tag, response) owed when the command's input ends
         self._long_line = False
-        self._busy = False
+        # Input waits while a command runs or the client is not reading our answers.
+        self._flow = Flow(self._process, lambda: len(self._buf))
+        self._deadline = InputDeadline(
+            self.timeoutConnection, factory.limits["command_timeout"], factory.limits["data_total_timeout"]
+        )
+        self._command_size = 0  # octets of the command's text, literals aside
+        self._literal_total = 0  # octets of the command's literals
         self._closed = False
         self._idle_tag = None
         self._sasl = None
@@ -143,6 +156,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
         return not self.secure and self.ctx is not None and ITLSTransport.providedBy(self.transport)
 
     def connectionMade(self):
+        self._flow.attach(self.transport)
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         if ISSLTransport.providedBy(self.transport):
@@ -160,6 +174,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
         self._closed = True
         self.setTimeout(None)
         self.cancel_deadlines()
+        self._deadline.stop()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -203,11 +218,15 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
         self.resetTimeout()
         self._buf += data
         self._process()
-        if self._busy and len(self._buf) > 1024 * 1024:
-            self.transport.pauseProducing()
+        self._flow.received()
+        # A line must come whole within command_timeout; a command with
+        # literals within data_total_timeout (APPEND of a big message).
+        reading = not self._flow.paused and self._idle_tag is None
+        in_command = self._segments is not None or self._literal_chunks is not None or bool(self._skip)
+        self._deadline.watch(reading and bool(self._buf) and not in_command, reading and in_command)
 
     def _process(self):
-        while not self._busy and not self._closed:
+        while not self._flow.paused and not self._closed:
             if self._literal_left or self._literal_chunks is not None:
                 take = self._buf[: self._literal_left]
                 self._buf = self._buf[len(take) :]
@@ -250,16 +269,21 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
                 self._run(lambda: self._sasl_step(line), tag=self._sasl["tag"])
                 continue
             self._line(line)
+            self._flow.follow()  # STARTTLS moved the transport
 
     def _line(self, line):
         if self._segments is None:
             self._segments = []
+            self._command_size = self._literal_total = 0
             if len(line) > self.max_line:
                 self._reject = (line.split(b" ", 1)[0], b"BAD line too long")
         announced = literal_announced(line)
-        self._segments.append(line)
-        if sum(len(s) for s in self._segments[::2]) > MAX_COMMAND and self._reject is None:
-            self._reject = (self._segments[0].split(b" ", 1)[0], b"BAD command too long")
+        # Once a command is rejected, the rest of it is read and dropped, never kept.
+        if self._reject is None:
+            self._segments.append(line)
+            self._command_size += len(line)
+            if self._command_size > MAX_COMMAND:
+                self._reject = (self._segments[0].split(b" ", 1)[0], b"BAD command too long")
         if announced is None:
             if self._reject is not None:
                 self._segments = None
@@ -269,9 +293,14 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
             self._run(lambda: self._execute(segments), tag=segments[0].split(b" ", 1)[0])
             return
         size, nonsync = announced
-        limit, toobig = self._literal_limit()
-        if self._reject is None and size > limit:
-            self._reject = (self._segments[0].split(b" ", 1)[0], toobig)
+        if self._reject is None:
+            tag = self._segments[0].split(b" ", 1)[0]
+            limit, toobig = self._literal_limit()
+            self._literal_total += size
+            if self.state == UNAUTH and self._literal_total > MAX_LITERALS_BEFORE_LOGIN:
+                self._reject = (tag, b"BAD too much literal data before login")
+            elif size > limit:
+                self._reject = (tag, toobig)
         if self._reject is not None:
             if nonsync:
                 # RFC 7888 4: read and discard a literal we will not take.
@@ -317,7 +346,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
             result.addErrback(self._internal_error, tag)
         waiter = still_running(result)
         if waiter is not None:
-            self._busy = True
+            self._flow.hold(ANSWERING)
             waiter.addCallback(self._resume)
 
     def _internal_error(self, failure, tag=None):
@@ -330,10 +359,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
             self.write(b"* BAD [SERVERBUG] internal error\r\n")
 
     def _resume(self, _):
-        self._busy = False
-        if not self._closed:
-            self.transport.resumeProducing()
-            self._process()
+        self._flow.release(ANSWERING)  # and go on, unless our answers still wait to be read
 
     def _count_error(self):
         self._errors += 1
@@ -346,9 +372,11 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
 
     def _execute(self, segments):
         reader = Reader(segments)
-        try:
-            tag = reader.atom("a tag")
-        except BadCommand:
+        # The tag is everything up to the first space (RFC 3501 9: ASTRING-
+        # CHARs but "+", so "]" too); one that is not valid as a whole gets
+        # an untagged BAD, never an answer with a tag the client did not send.
+        tag = segments[0].split(b" ", 1)[0]
+        if not tag:
             self.write(b"* BAD missing tag\r\n")
             self._count_error()
             return None
@@ -356,6 +384,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
             self.write(b"* BAD invalid tag\r\n")
             self._count_error()
             return None
+        reader.pos = len(tag)
         name = b""
         try:
             reader.space()
@@ -379,6 +408,9 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
                 result = handler(tag, reader, uid)
             else:
                 result = handler(tag, reader)
+        except InvalidName as e:
+            self.no(tag, f"[CANNOT] {e}")  # no mailbox has that name
+            return None
         except BadCommand as e:
             self.bad(tag, str(e))
             return None

@@ -17,10 +17,23 @@ from mailplat.imap.parser import parse_sequence_set
 # RFC 3501 3: the session's states, as Twisted's IMAP4Server names them.
 UNAUTH, AUTH, SELECTED, LOGOUT = "unauth", "auth", "select", "logout"
 RECENT = frozenset(["\\Recent"])
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_ALWAYS_KNOWN = frozenset(SYSTEM_FLAGS) | RECENT
+
+
+def flags_responses(keywords, readonly):
+    """The untagged FLAGS and PERMANENTFLAGS for a folder's keywords (RFC 3501 7.2.6, 7.1)."""
+    flags = list(SYSTEM_FLAGS) + sorted(keywords)
+    out = [b"* FLAGS " + flag_list(flags) + b"\r\n"]
+    if readonly:
+        out.append(b"* OK [PERMANENTFLAGS ()] read-only mailbox\r\n")
+    else:
+        out.append(b"* OK [PERMANENTFLAGS " + flag_list(flags + ["\\*"]) + b"] flags permitted\r\n")
+    return out
 
 
 class SelectedFolder:
-    __slots__ = ("folder", "readonly", "uids", "recent", "expunged", "flagged", "unsubscribe", "__weakref__")
+    __slots__ = ("folder", "readonly", "uids", "recent", "expunged", "flagged", "known", "unsubscribe", "__weakref__")
 
     def __init__(self, folder, readonly):
         self.folder = folder
@@ -29,6 +42,7 @@ class SelectedFolder:
         self.recent = set()
         self.expunged = set()  # UIDs gone from the folder, not yet reported
         self.flagged = set()  # UIDs whose flags others changed
+        self.known = _ALWAYS_KNOWN  # the flags the client was told of in FLAGS
         self.unsubscribe = None
 
     # --- lookups ---------------------------------------------------------
@@ -100,6 +114,19 @@ class SelectedFolder:
             flags = flags | RECENT
         return flags
 
+    def announce(self, flags):
+        """
+        RFC 3501 7.2.6: a keyword reaches the client in an untagged FLAGS
+        (and PERMANENTFLAGS) before any FETCH that shows it. Returns those
+        lines when `flags` hold one the client has not been told of, else [].
+        """
+        if not isinstance(flags, (set, frozenset)):
+            flags = frozenset(flags)
+        if flags <= self.known:
+            return []
+        self.known = self.known | flags
+        return flags_responses([f for f in self.known if not f.startswith("\\")], self.readonly)
+
     # --- events --------------------------------------------------------
 
     def on_event(self, event, me):
@@ -135,7 +162,9 @@ class SelectedFolder:
                 info = self.info(uid)
                 if seq is None or info is None:
                     continue
-                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flag_list(self.flags_of(uid, info))))
+                flags = self.flags_of(uid, info)
+                out += self.announce(flags)
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flag_list(flags)))
             self.flagged = set()
         return out
 

@@ -24,7 +24,8 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import pop3
 
-from mailplat.deadlines import HandshakeDeadline
+from mailplat.backpressure import ANSWERING, Flow
+from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
 
@@ -90,7 +91,9 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         self.timeOut = factory.timeout
         self._buffer = b""
         self._discarding = False  # inside an over-long line
-        self._waiting = False
+        # Input waits while a command runs or the client is not reading our answers.
+        self._flow = Flow(self._process, lambda: len(self._buffer), input_limit=256 * 1024)
+        self._deadline = InputDeadline(self.timeoutConnection, factory.timeout, factory.timeout)
         self._closed = False
         self._errors = 0
         self._user_name = None
@@ -117,6 +120,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         return self.secure or self.factory.allow_plaintext_auth
 
     def connectionMade(self):
+        self._flow.attach(self.transport)
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         if ISSLTransport.providedBy(self.transport):
@@ -133,6 +137,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
     def connectionLost(self, reason):
         self._closed = True
         self.cancel_deadlines()
+        self._deadline.stop()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -151,11 +156,12 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         self.resetTimeout()
         self._buffer += data
         self._process()
-        if self._waiting and len(self._buffer) > 256 * 1024:
-            self.transport.pauseProducing()
+        self._flow.received()
+        # A command line must come whole within the command timeout.
+        self._deadline.watch(not self._flow.paused and bool(self._buffer), False)
 
     def _process(self):
-        while not self._waiting and not self._closed:
+        while not self._flow.paused and not self._closed:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_LINE:
@@ -177,11 +183,12 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
                 log.failure("POP3 command failed")
                 self.failResponse(b"[SYS/TEMP] internal error")
                 result = None
+            self._flow.follow()  # STLS moved the transport
             if isinstance(result, defer.Deferred):
                 result.addErrback(self._internal_error)
             waiter = still_running(result)
             if waiter is not None:
-                self._waiting = True
+                self._flow.hold(ANSWERING)
                 self.setTimeout(None)
                 waiter.addCallback(self._resume)
                 return
@@ -191,11 +198,9 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         self.failResponse(b"[SYS/TEMP] internal error")
 
     def _resume(self, _):
-        self._waiting = False
         if not self._closed:
             self.setTimeout(self.timeOut)
-            self.transport.resumeProducing()
-            self._process()
+        self._flow.release(ANSWERING)  # and go on, unless our answers still wait to be read
 
     def _error(self, text):
         self.failResponse(text)

@@ -18,8 +18,9 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 
+from mailplat.backpressure import ANSWERING, Flow
 from mailplat.checks import run_stage
-from mailplat.deadlines import HandshakeDeadline
+from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.interfaces import CheckSession
 from mailplat.ordered import still_running
 from mailplat.smtp.auth import SMTPAuthMixin
@@ -45,7 +46,11 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         self.MAX_LENGTH = factory.limits["line_length"]
         self._buffer = b""
         self._discarding = False  # inside an over-long command line
-        self._waiting = False  # an answer is pending; later input waits
+        # Input waits while an answer is pending or the client is not reading ours.
+        self._flow = Flow(self._process, lambda: len(self._buffer))
+        self._deadline = InputDeadline(
+            self.timeoutConnection, factory.limits["command_timeout"], factory.limits["data_total_timeout"]
+        )
         self._state = COMMAND
         self._errors = 0
         self._user = None
@@ -69,6 +74,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         return self.startedTLS or ISSLTransport.providedBy(self.transport)
 
     def connectionMade(self):
+        self._flow.attach(self.transport)
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         if ISSLTransport.providedBy(self.transport):
@@ -84,7 +90,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         self.setTimeout(self.timeout)
         self._check_session = CheckSession(self._peer, policy=self.policy, secure=self.secure)
         # Input waits for the connect checks (none: they answer at once).
-        self._waiting = True
+        self._flow.hold(ANSWERING)
         d = run_stage(self.factory.checks, "connect", self._check_session)
         d.addCallback(self._greet)
         d.addBoth(self._resume)
@@ -113,6 +119,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
     def connectionLost(self, reason):
         self.setTimeout(None)
         self.cancel_deadlines()
+        self._deadline.stop()
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False
@@ -154,11 +161,12 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         self._process()
         # A client that floods pipelined input while we wait is held back
         # by TCP, not by our memory.
-        if self._waiting and len(self._buffer) > 1024 * 1024:
-            self.transport.pauseProducing()
+        self._flow.received()
+        reading = self._state in (COMMAND, AUTH) and not self._flow.paused
+        self._deadline.watch(reading and bool(self._buffer), self._state in (DATA, BDAT))
 
     def _process(self):
-        while not self._waiting and self._state != CLOSED:
+        while not self._flow.paused and self._state != CLOSED:
             if self._state == DATA:
                 self._buffer = self._data_reader.feed(self._buffer)
                 if not self._data_reader.done:
@@ -168,11 +176,12 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
                 result = self._bdat_feed()
             else:
                 result = self._command_from_buffer()
+            self._flow.follow()  # STARTTLS moved the transport
             if result is False:
                 return  # more input needed
             waiter = still_running(result)
             if waiter is not None:
-                self._waiting = True
+                self._flow.hold(ANSWERING)
                 waiter.addCallback(self._resume)
                 return
 
@@ -196,10 +205,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         return self._line(line)
 
     def _resume(self, result):
-        self._waiting = False
-        if self.transport is not None and self._state != CLOSED:
-            self.transport.resumeProducing()
-            self._process()
+        self._flow.release(ANSWERING)  # and go on, unless our replies still wait to be read
         return None
 
     def _line(self, line):

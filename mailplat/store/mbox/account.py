@@ -5,10 +5,12 @@ Dovecot's mbox driver and mutt keep them:
 - `<root>/INBOX` (or the file the `inbox` key names, e.g. a system spool),
   other folders are mbox files in the root, `Lists/twisted` is the file
   `<root>/Lists/twisted`: the hierarchy separator is '/', as Dovecot's mbox
-  default. A directory is a parent that holds no mail (\\Noselect), and a
-  folder that is a file can have no children (Dovecot: "mailbox doesn't
-  allow inferior mailboxes"). Names are modified UTF-7 on disk (RFC 3501
-  5.1.3), as Dovecot writes them.
+  default. A directory is a parent that holds no mail (\\Noselect). A
+  folder that holds mail and has children keeps them as Thunderbird does:
+  the mbox file `Work` beside the directory `Work.sbd/` (so `Work/2024` is
+  `<root>/Work.sbd/2024`); the children of a folder that holds no mail stay
+  in a plain directory, as before. A level named `*.sbd` is not a folder.
+  Names are modified UTF-7 on disk (RFC 3501 5.1.3), as Dovecot writes them.
 - files and directories starting with '.' are not folders: `.imap/` holds
   the indexes (Dovecot's place for them), `.subscriptions` the
   subscriptions (Dovecot's mbox file name, one name a line),
@@ -30,6 +32,7 @@ from mailplat.store.mbox import locking
 
 SEPARATOR = "/"
 INBOX = "INBOX"
+CHILDREN = ".sbd"  # Thunderbird: the directory of a mail folder's children
 STATE = ".imap"
 SUBSCRIPTIONS = ".subscriptions"
 SPECIAL_USE_FILE = ".mailplat-special-use"
@@ -65,6 +68,8 @@ def check_spelling(name):
     for part in name.split(SEPARATOR):
         if part.startswith(".") or part.endswith(locking.LOCK_SUFFIX):
             raise boundary.RefusedName("folder name can't start with '.' or end in '.lock'")
+        if part.endswith(CHILDREN):
+            raise boundary.RefusedName("folder name can't end in '.sbd' (the directory of a folder's subfolders)")
 
 
 def check_name(name):
@@ -77,10 +82,34 @@ def check_name(name):
 def spelled_path(root, inbox_path, name):
     """
     Where a folder name lives, from its spelling only (no I/O: safe in the
-    reactor thread). @raise boundary.RefusedName.
+    reactor thread): exact for INBOX and top-level folders; below a folder
+    that holds mail, L{locate} knows better. @raise boundary.RefusedName.
     """
     check_spelling(name)
     return inbox_path if canonical(name) == INBOX else os.path.join(root, relative(name))
+
+
+def children_dir(path):
+    """
+    Blocking: the directory of the subfolders of the folder at `path`: the
+    plain directory `path` when there is one (a parent without mail, as
+    always), else `path.sbd` when the folder is a file or that directory
+    exists (Thunderbird's layout), else `path` (a new parent without mail).
+    """
+    if os.path.isdir(path):
+        return path
+    if os.path.isfile(path) or os.path.isdir(path + CHILDREN):
+        return path + CHILDREN
+    return path
+
+
+def locate(root, name):
+    """Blocking: the file (or directory) of a folder other than INBOX, level by level."""
+    parts = [encode(p) for p in name.split(SEPARATOR)]
+    directory = root
+    for part in parts[:-1]:
+        directory = children_dir(os.path.join(directory, part))
+    return os.path.join(directory, parts[-1])
 
 
 def confine(root, inbox_path, name, path):
@@ -109,6 +138,8 @@ def resolve(root, inbox_path, name):
     then the real path. @raise boundary.RefusedName.
     """
     path = spelled_path(root, inbox_path, name)
+    if canonical(name) != INBOX and SEPARATOR in name:
+        path = locate(root, name)
     confine(root, inbox_path, name, path)
     return path
 
@@ -198,12 +229,8 @@ def _write_subscriptions(path, names):
 
 def make_folder(root, name):
     """Create an empty mbox file (and parent directories); False if it exists."""
-    path = os.path.join(root, relative(name))
-    parent = os.path.dirname(path)
-    for p in parents(name):
-        if os.path.isfile(os.path.join(root, relative(p))):
-            raise ValueError(f"{p} is an mbox file and can't have subfolders")
-    os.makedirs(parent, mode=0o700, exist_ok=True)
+    path = locate(root, name)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.isdir(path):
         raise ValueError(f"{name} exists as a directory of folders")
     try:
@@ -249,19 +276,21 @@ def list_folders(root, inbox_path):
     for directory, subdirs, names in os.walk(root):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         rel = os.path.relpath(directory, root)
-        prefix = "" if rel == "." else SEPARATOR.join(_decode(p) for p in rel.split(os.sep)) + SEPARATOR
+        prefix = "" if rel == "." else SEPARATOR.join(_decode(_level(p)) for p in rel.split(os.sep)) + SEPARATOR
         # os.walk does not descend into symlinked directories; a symlink
         # that leads out of the account is not listed at all.
         subdirs[:] = [d for d in subdirs if _listable(root, inbox_path, os.path.join(directory, d))]
         for d in subdirs:
-            dirs.add(prefix + _decode(d))
+            # `Work.sbd/` holds Work's subfolders: Work is \Noselect only without its file.
+            dirs.add(prefix + _decode(_level(d)))
         for n in names:
             full = os.path.join(directory, n)
-            if n.startswith(".") or n.endswith(locking.LOCK_SUFFIX) or full == own_inbox:
+            if n.startswith(".") or n.endswith((locking.LOCK_SUFFIX, CHILDREN)) or full == own_inbox:
                 continue
             if not _listable(root, inbox_path, full):
                 continue
             files.add(prefix + _decode(n))
+    dirs -= files
     special = read_special_use(root) or {}
     has_children = {p for n in files | dirs for p in parents(n)}
     out = [(INBOX, frozenset({"\\HasNoChildren"}))]
@@ -275,6 +304,11 @@ def list_folders(root, inbox_path):
             attributes.add(special[name])
         out.append((name, frozenset(attributes)))
     return out
+
+
+def _level(entry):
+    """A directory entry's folder level: `Work.sbd` is Work's subfolders."""
+    return entry[: -len(CHILDREN)] if entry.endswith(CHILDREN) else entry
 
 
 def _listable(root, inbox_path, path):
@@ -324,9 +358,19 @@ class MboxAccount:
         except boundary.RefusedName:
             return defer.fail()
         name = canonical(name)
+        if SEPARATOR in name:
+            # Below a folder that holds mail the file is in its `.sbd/`: look.
+            d = threads.deferToThread(self._locate, name)
+            return d.addCallback(
+                lambda path: self.store._open_folder(path, name, index_dir(self.root, name), self.root)
+            )
         return self.store._open_folder(
             path, name, index_dir(self.root, name), self.root, check=lambda: self._confine(name, path)
         )
+
+    def _locate(self, name):
+        """Blocking: the real path of a checked name, inside the account (L{resolve})."""
+        return resolve(self.root, self.inbox_path, name)
 
     def special_use(self):
         return threads.deferToThread(lambda: read_special_use(self.root) or {})
@@ -344,7 +388,7 @@ class MboxAccount:
         root = self.root
 
         def run():
-            self._confine(name, self.path_of(name))
+            self._locate(name)
             if not make_folder(root, name):
                 raise ValueError(f"folder exists: {name}")
             if attribute:
@@ -355,7 +399,7 @@ class MboxAccount:
 
     def delete(self, name):
         try:
-            path = self.path_of(name)
+            check_spelling(name)
         except boundary.RefusedName:
             return defer.fail()
         name = canonical(name)
@@ -363,39 +407,44 @@ class MboxAccount:
             return defer.fail(ValueError("INBOX can't be deleted"))
         root = self.root
 
-        def run():
-            self._confine(name, path)
+        def run(path):
+            children = path + CHILDREN
             if os.path.islink(path):
                 # A symlink (to another folder of the account) goes as a link.
                 os.unlink(path)
-            elif os.path.isdir(path):
+            elif os.path.isdir(path) or (not os.path.exists(path) and os.path.isdir(children)):
                 # RFC 3501 6.3.4: a \Noselect name with inferiors can't go.
-                if any(not n.startswith(".") for n in os.listdir(path)):
+                directory = path if os.path.isdir(path) else children
+                if any(not n.startswith(".") for n in os.listdir(directory)):
                     raise ValueError(f"{name} has subfolders")
-                os.rmdir(path)
+                os.rmdir(directory)
             elif os.path.isfile(path):
                 lock = locking.acquire_dotlock(path, self.store.lock_timeout)
                 try:
                     os.unlink(path)
                 finally:
                     locking.release_dotlock(lock)
+                # RFC 3501 6.3.4: its subfolders stay, under a \Noselect name.
+                try:
+                    os.rmdir(children)
+                except OSError:
+                    pass
             else:
                 raise KeyError(name)
             shutil.rmtree(index_dir(root, name), ignore_errors=True)
             _update(root, SPECIAL_USE_FILE, lambda r: read_special_use(r) or {}, _write_special,
                     lambda m: {k: v for k, v in m.items() if k != name})
 
-        def locked():
-            d = self.store._with_folder_lock(path, lambda: threads.deferToThread(run))
+        def locked(path):
+            d = self.store._with_folder_lock(path, lambda: threads.deferToThread(run, path))
             return d.addCallback(lambda _: self.store._forget_folder(path))
 
-        return self._serial(locked)
+        return self._serial(lambda: threads.deferToThread(self._locate, name).addCallback(locked))
 
     def rename(self, old, new):
         try:
-            source = self.path_of(old)
+            check_spelling(old)
             check_name(new)
-            target = self.path_of(new)
         except ValueError:
             return defer.fail()
         old = canonical(old)
@@ -403,22 +452,25 @@ class MboxAccount:
             return self._serial(self._rename_inbox, new)
         root = self.root
 
-        def run():
-            self._confine(old, source)
-            if not os.path.exists(source):
+        def paths():
+            return self._locate(old), self._locate(new)
+
+        def run(source, target):
+            # A mail folder's subfolders (`name.sbd/`) move with it.
+            children = source + CHILDREN if not os.path.isdir(source) and os.path.isdir(source + CHILDREN) else None
+            if not os.path.exists(source) and children is None:
                 raise KeyError(old)
-            self._confine(new, target)
             if new == old or new.startswith(old + SEPARATOR):
                 raise ValueError(f"can't rename {old} into itself")
-            if os.path.exists(target):
+            if os.path.exists(target) or os.path.exists(target + CHILDREN):
                 raise ValueError(f"folder exists: {new}")
-            for p in parents(new):
-                if os.path.isfile(os.path.join(root, relative(p))):
-                    raise ValueError(f"{p} is an mbox file and can't have subfolders")
             os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
             lock = locking.acquire_dotlock(source, self.store.lock_timeout) if os.path.isfile(source) else None
             try:
-                os.rename(source, target)
+                if os.path.exists(source):
+                    os.rename(source, target)
+                if children is not None:
+                    os.rename(children, target + CHILDREN)
             finally:
                 locking.release_dotlock(lock)
             old_index, new_index = index_dir(root, old), index_dir(root, new)
@@ -433,14 +485,17 @@ class MboxAccount:
                     lambda s: [_moved(n, old, new) for n in s])
             return moves
 
-        def relocate(_):
-            self.store._relocate_folders(source, target, old, new, root)
+        def locked(found):
+            source, target = found
 
-        def locked():
-            d = self.store._with_folder_lock(source, lambda: threads.deferToThread(run))
+            def relocate(_):
+                self.store._relocate_folders(source, target, old, new, root)
+                self.store._relocate_folders(source + CHILDREN, target + CHILDREN, old, new, root)
+
+            d = self.store._with_folder_lock(source, lambda: threads.deferToThread(run, source, target))
             return d.addCallback(relocate)
 
-        return self._serial(locked)
+        return self._serial(lambda: threads.deferToThread(paths).addCallback(locked))
 
     @defer.inlineCallbacks
     def _rename_inbox(self, new):
@@ -448,7 +503,7 @@ class MboxAccount:
         root = self.root
 
         def make():
-            self._confine(new, self.path_of(new))
+            self._locate(new)
             if not make_folder(root, new):
                 raise ValueError(f"folder exists: {new}")
 

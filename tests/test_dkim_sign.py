@@ -282,6 +282,17 @@ class NotSigned(DKIMServer):
         self.assertEqual(signatures(message), [])
 
     @defer.inlineCallbacks
+    def test_a_from_domain_that_is_not_the_senders_is_not_signed(self):
+        # alice@example.test must not get example.org's signature on a
+        # message that claims to be from example.org, though the server
+        # holds that domain's key.
+        self.make_key("example.test", "--selector", "s1")
+        self.make_key("example.org", "--selector", "s1")
+        forged = MESSAGE.replace(b"From: Alice <alice@example.test>", b"From: The CEO <ceo@example.org>")
+        message = yield self.delivered(message=forged)
+        self.assertEqual(signatures(message), [])
+
+    @defer.inlineCallbacks
     def test_a_signing_failure_delivers_the_message_unsigned_and_logs(self):
         self.make_key("example.test", "--selector", "s1")
         log = collect_log(self)

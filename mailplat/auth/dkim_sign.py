@@ -160,14 +160,20 @@ class DKIMSigner:
         return out
 
     @defer.inlineCallbacks
-    def signature_for(self, source):
+    def signature_for(self, source, allowed=None):
         """
         A Deferred firing with the DKIM-Signature fields to put on top of
-        the message in `source` (b"" when its From domain has no key).
+        the message in `source` (b"" when its From domain has no key, or
+        is not in `allowed`: a user's signature vouches only for a domain
+        the user sends from, not for every domain the server hosts).
         """
         with source.open() as f:
             head = _read_up_to(f, HEADER_LIMIT)
         domain = from_domain(header_block(head))
+        if allowed is not None and (domain or "").lower() not in allowed:
+            if domain:
+                log.info("DKIM: From domain {domain} is not the sender's; not signed", domain=domain)
+            return b""
         keys = self.keys_for(domain)
         if not keys:
             return b""
@@ -204,6 +210,11 @@ class SigningTransaction:
     def add_recipient(self, address):
         return self.inner.add_recipient(address)
 
+    def _sender_domains(self):
+        """The domains of the login and of the envelope sender (checked by restrict_sender)."""
+        addresses = (self.envelope.authenticated_as, getattr(self.envelope, "sender", None))
+        return {str(a).rsplit("@", 1)[1].lower() for a in addresses if a and "@" in str(a)}
+
     def abort(self):
         return self.inner.abort()
 
@@ -212,7 +223,7 @@ class SigningTransaction:
         signature = b""
         if self.envelope.authenticated_as:
             try:
-                signature = yield self.signer.signature_for(source)
+                signature = yield self.signer.signature_for(source, self._sender_domains())
             except Exception:
                 # The message matters more than its signature.
                 log.failure(

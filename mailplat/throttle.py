@@ -8,6 +8,12 @@ protocol at once, since the same address probes them all.
 """
 
 import time
+from collections import deque
+
+from twisted.internet import defer
+
+# Logins from one address waiting for a free slot; past this they are refused.
+MAX_WAITING = 200
 
 
 def _decrement(counts, key):
@@ -52,6 +58,9 @@ class LoginThrottle:
     - a login is counted as pending from the moment it is admitted until
       its password check ends, and pending + recent failures must stay
       under the limit: parallel guesses cannot all reach the checker.
+      L{admit} makes a login over that limit wait for a slot rather than
+      be refused, so many good logins at once from one address (a
+      webmail, a load test) all get in, a few at a time.
     """
 
     def __init__(self, max_failures=5, window=600, clock=time.monotonic, step=1.0):
@@ -61,6 +70,7 @@ class LoginThrottle:
         self._clock = clock
         self._failures = {}  # address -> [(time, user name), ...]
         self._pending = {}  # address -> password checks under way
+        self._waiting = {}  # address -> deque of (Deferred, user name) waiting for a slot
 
     @classmethod
     def from_limits(cls, limits):
@@ -95,8 +105,40 @@ class LoginThrottle:
         self._pending[address] = self._pending.get(address, 0) + 1
         return LoginAttempt(self, address, username)
 
+    def admit(self, address, username=None):
+        """
+        Like L{begin}, as a Deferred: a login refused only because others
+        from the address are being checked waits for one of them to end.
+        Fires with None when the address is refused for its failures.
+        """
+        if len(self._recent(address)) >= self.max_failures:
+            return defer.succeed(None)
+        if not self.blocked(address):
+            return defer.succeed(self.begin(address, username))
+        queue = self._waiting.setdefault(address, deque())
+        if len(queue) >= MAX_WAITING:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        queue.append((d, username))
+        return d
+
     def _release(self, address):
         _decrement(self._pending, address)
+        self._wake(address)
+
+    def _wake(self, address):
+        """Admit waiting logins while there is room; refuse them all once the failures reach the limit."""
+        queue = self._waiting.get(address)
+        while queue:
+            if len(self._recent(address)) >= self.max_failures:
+                queue.popleft()[0].callback(None)
+            elif not self.blocked(address):
+                d, username = queue.popleft()
+                d.callback(self.begin(address, username))
+            else:
+                break
+        if not queue:
+            self._waiting.pop(address, None)
 
     def failed(self, address, username=None):
         self._recent(address)
@@ -123,22 +165,22 @@ class LoginAttempt:
         self.username = username
         self._open = True
 
-    def _end(self):
+    def _end(self, record=None):
+        # The outcome is recorded before the slot is freed: a login waiting
+        # for the slot must see this failure.
         if self._open:
             self._open = False
+            if record is not None:
+                record(self.address, self.username)
             self._throttle._release(self.address)
-            return True
-        return False
 
     def succeeded(self):
-        if self._end():
-            self._throttle.succeeded(self.address, self.username)
+        self._end(self._throttle.succeeded)
 
     def failed(self):
         """Record the failure; returns the delay to apply to the answer."""
         delay = self._throttle.delay(self.address)
-        if self._end():
-            self._throttle.failed(self.address, self.username)
+        self._end(self._throttle.failed)
         return delay
 
     def abandoned(self):

@@ -131,3 +131,37 @@ class AcrossProtocols(unittest.TestCase):
         self.assertEqual(greetings, [220] * 4)
         self.assertEqual(refused[0], 421)
         self.assertTrue(closed)
+
+
+class WaitingForASlot(unittest.TestCase):
+    """L{LoginThrottle.admit}: over the pending limit a login waits its turn."""
+
+    def setUp(self):
+        self.now = [0.0]
+        self.throttle = LoginThrottle(2, window=60, clock=lambda: self.now[0], step=0)
+
+    def admitted(self, address="192.0.2.1", user=b"u"):
+        out = []
+        self.throttle.admit(address, user).addCallback(out.append)
+        return out
+
+    def test_a_login_over_the_pending_limit_waits_for_a_slot(self):
+        first, second, third = self.admitted(), self.admitted(), self.admitted()
+        self.assertEqual(len(first) + len(second), 2)
+        self.assertEqual(third, [])
+        first[0].failed()  # one failure and one pending: still no room
+        self.assertEqual(third, [])
+        second[0].succeeded()  # one failure, nothing pending: room for one
+        self.assertEqual(len(third), 1)
+        self.assertIsNotNone(third[0])
+
+    def test_waiting_logins_are_refused_once_the_failures_reach_the_limit(self):
+        first, second, third = self.admitted(), self.admitted(), self.admitted()
+        first[0].failed()
+        second[0].failed()
+        self.assertEqual(third, [None])
+        self.assertEqual(self.admitted(), [None])
+
+    def test_other_addresses_do_not_wait(self):
+        self.admitted(), self.admitted()
+        self.assertEqual(len(self.admitted(address="192.0.2.2")), 1)

@@ -93,7 +93,10 @@ class AuthCommands:
 
     def _login(self, tag, user, password):
         # Admitted before the password is checked: parallel guesses count too.
-        attempt = self.factory.throttle.begin(self._peer, user)
+        d = self.factory.throttle.admit(self._peer, user)
+        return d.addCallback(self._login_admitted, tag, user, password)
+
+    def _login_admitted(self, attempt, tag, user, password):
         if attempt is None:
             return self.no(tag, "[UNAVAILABLE] too many failed logins; try again later")
         d = defer.maybeDeferred(self.portal.login, credentials.UsernamePassword(user, password), None, imap4.IAccount)

@@ -336,7 +336,10 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
 
     def _login(self, user, password):
         # Admitted before the password is checked: parallel guesses count too.
-        attempt = self.factory.throttle.begin(self._peer, user)
+        d = self.factory.throttle.admit(self._peer, user)
+        return d.addCallback(self._login_admitted, user, password)
+
+    def _login_admitted(self, attempt, user, password):
         if attempt is None:
             self.failResponse(b"[SYS/TEMP] too many failed logins; try again later")
             return None

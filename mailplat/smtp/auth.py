@@ -90,7 +90,10 @@ class SMTPAuthMixin:
             username, password = state["username"], decoded
         self._state = COMMAND
         # Admitted before the password is checked: parallel guesses count too.
-        attempt = self.factory.throttle.begin(self._peer, username)
+        d = self.factory.throttle.admit(self._peer, username)
+        return d.addCallback(self._auth_admitted, username, password)
+
+    def _auth_admitted(self, attempt, username, password):
         if attempt is None:
             self.reply(454, "4.7.0", "too many failed logins; try again later")
             return None

@@ -19,8 +19,13 @@ from twisted.python.failure import Failure
 from mailplat import config as configuration
 from mailplat.realm import passwords
 from mailplat.service import make_service
+from mailplat.testing.dns import start_dns_server
 
 ALL_LISTENERS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s")
+
+# The top-level domains the suites' addresses use; the test name server
+# answers "no such name" for anything under them.
+NO_NAMES_ZONES = ("test", "org", "com", "net", "example", "invalid", "localhost", "arpa")
 
 BASE_CONFIG = """
 [server]
@@ -136,12 +141,16 @@ class MailServer:
         chosen = getattr(testcase, "store", None)
         self.store = store or (chosen if isinstance(chosen, str) else None) or "maildir"
         self.service = None
+        self.dns = None
         self.ports = {}
         self.config_path = os.path.join(self.dir, "mailplat.toml")
 
     def config_text(self):
         listen = "\n".join(f'{name} = "tcp:port=0:interface=127.0.0.1"' for name in self.listeners)
-        return BASE_CONFIG.format(state=self.state, listen=listen, extra=self.extra, store=self.store)
+        extra = self.extra
+        if self.dns is not None:
+            extra += f'\n[dns]\nservers = ["{self.dns.address}"]\ntimeout = 5\n'
+        return BASE_CONFIG.format(state=self.state, listen=listen, extra=extra, store=self.store)
 
     def add_user(self, address, password):
         os.makedirs(self.state, exist_ok=True)
@@ -161,6 +170,11 @@ class MailServer:
     def start(self, users=None):
         for address, password in (users or {}).items():
             self.add_user(address, password)
+        if "[dns]" not in self.extra:
+            # The server's DNS (SPF, DKIM, DMARC, MX) is a name server of the
+            # test's own that knows no names: no test depends on the
+            # machine's resolver, or waits for one that is not there.
+            self.dns = start_dns_server(self.testcase, {}, zones=NO_NAMES_ZONES)
         with open(self.config_path, "w") as f:
             f.write(self.config_text())
         self.config = configuration.load(self.config_path, cwd=self.dir)

@@ -526,3 +526,22 @@ class ConfigTests(unittest.TestCase):
     def test_unknown_domain_key_is_named(self):
         e = self.assertRaises(configuration.ConfigError, self.load, '[authentication.domains."a.example"]\nverify = false\n')
         self.assertIn('authentication.domains.a.example.verify', str(e))
+
+
+class TheSuitesOwnNameServer(unittest.TestCase):
+    """
+    tests/helpers.py gives every MailServer a name server of its own that
+    knows no names: the suites never ask the machine's resolver, and a
+    sender domain without records is SPF `none`, not `temperror`.
+    """
+
+    @defer.inlineCallbacks
+    def test_a_message_on_the_mx_is_checked_against_the_test_name_server(self):
+        server = MailServer(self, listeners=("smtp",))
+        yield server.start(users={RCPT: "pw"})
+        code, _ = yield in_thread(send, server.port("smtp"), message("alice@nowhere.example"), "alice@nowhere.example")
+        self.assertEqual(code, 250)
+        [stored_message] = stored(server, RCPT)
+        [field] = auth_results(stored_message)
+        self.assertIn("spf=none", field)
+        self.assertIn(("nowhere.example", "TXT"), server.dns.queries)

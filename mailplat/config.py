@@ -87,6 +87,12 @@ RELAY_KEYS = {
     "connections_per_destination": (int, 10),
     "timeout": (int, 300),
     "connect_timeout": (int, 30),
+    # Outbound transport security (docs/relay.md): MTA-STS (RFC 8461) on MX
+    # routes, its policy host's HTTPS port (tests serve elsewhere), and the
+    # CA certificates (PEM) for verified TLS; none: the system's.
+    "mta_sts": (bool, True),
+    "mta_sts_port": (int, 443),
+    "tls_trust_file": (str, None),
 }
 RELAY_TLS = ("may", "starttls", "implicit", "none")
 
@@ -385,6 +391,10 @@ def _relay(source, data, cwd):
         if relay["smarthost"] is None:
             raise ConfigError(source, "relay.smarthost_auth_file", "needs relay.smarthost")
         relay["smarthost_auth_file"] = _absolute(relay["smarthost_auth_file"], cwd)
+    if not 0 < relay["mta_sts_port"] < 65536:
+        raise ConfigError(source, "relay.mta_sts_port", f"not a port: {relay['mta_sts_port']}")
+    if relay["tls_trust_file"] is not None:
+        relay["tls_trust_file"] = _absolute(relay["tls_trust_file"], cwd)
     routes_table = table.get("routes", {})
     if not isinstance(routes_table, dict):
         raise ConfigError(source, "relay.routes", 'must be a table: { "domain" = "host:port" }')

@@ -443,6 +443,7 @@ class Envelope:
         authenticated_as=None,
         received_by="",
         folder=None,
+        require_tls=False,
     ):
         self.sender = sender  # str, "" for the null sender <>
         self.helo = helo
@@ -455,6 +456,9 @@ class Envelope:
         # check's Verdict.folder() before deliver() (e.g. "Junk"); None for
         # the usual place. A store with no such folder uses INBOX.
         self.folder = folder
+        # RFC 8689: MAIL FROM had REQUIRETLS; the relay sends such mail only
+        # over verified TLS to a next hop that offers REQUIRETLS too.
+        self.require_tls = require_tls
 
     def __repr__(self):
         return f"<Envelope from={self.sender!r} via={self.protocol}>"

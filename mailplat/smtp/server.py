@@ -246,6 +246,8 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         ]
         if self.canStartTLS and not self.secure:
             ext.append("STARTTLS")
+        if self.secure:
+            ext.append("REQUIRETLS")  # RFC 8689 2: offered (and accepted) only over TLS
         if self._auth_available():
             ext.append("AUTH PLAIN LOGIN")
         return ext

@@ -129,12 +129,13 @@ class SMTPTransactionMixin:
             self._error(553, "5.1.7", f"bad sender address: {e}")
             return None
         self._utf8 = utf8
+        self._require_tls = "REQUIRETLS" in params
         size = params.get("SIZE")
         self._check_session.size_hint = int(size) if size else None
         return self._start(sender)
 
     def _check_mail_param(self, key, value):
-        """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 4954 AUTH."""
+        """RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 4954 AUTH, RFC 8689 REQUIRETLS."""
         if key == "SIZE":
             if not value or not _SIZE_VALUE.fullmatch(value):
                 return (501, "5.5.4", "SIZE needs a number of at most 20 digits")
@@ -146,6 +147,12 @@ class SMTPTransactionMixin:
         elif key == "SMTPUTF8":
             if value is not None:
                 return (501, "5.5.4", "SMTPUTF8 takes no value")
+        elif key == "REQUIRETLS":
+            # RFC 8689 4: only over TLS, and it takes no value.
+            if value is not None:
+                return (501, "5.5.4", "REQUIRETLS takes no value")
+            if not self.secure:
+                return (530, "5.7.10", "REQUIRETLS needs a TLS session")
         elif key != "AUTH":
             return (555, "5.5.4", f"parameter {key} not supported")
         return None
@@ -158,6 +165,7 @@ class SMTPTransactionMixin:
             protocol=self._protocol_name(),
             authenticated_as=self._user.address if self._user else None,
             received_by=self.factory.hostname,
+            require_tls=getattr(self, "_require_tls", False),
         )
         d = defer.succeed(True)
         if self._user is not None and self.factory.restrict_sender and sender:

@@ -28,8 +28,9 @@ class Job:
     means no reply (the connection failed).
     """
 
-    def __init__(self, queue_id, sender, recipients, path, crlf_size, eight_bit):
+    def __init__(self, queue_id, sender, recipients, path, crlf_size, eight_bit, require_tls=False):
         self.queue_id = queue_id
+        self.require_tls = require_tls  # RFC 8689: MAIL FROM ... REQUIRETLS
         self.sender = sender
         self.recipients = list(recipients)
         self.path = path
@@ -150,6 +151,9 @@ class RelayClient(smtp.ESMTPClient):
         self._okresponse = self._reply
         self._failresponse = self._reply
         self.ready = True
+        if self.destination.mta_sts == "testing" and not self.tls_started:
+            log.warn("MTA-STS testing: {destination} offers no STARTTLS; enforce would not send there",
+                     destination=self.destination)
         self._next()
 
     def _next(self):
@@ -200,6 +204,9 @@ class RelayClient(smtp.ESMTPClient):
         elif job.utf8 and b"SMTPUTF8" not in self.extensions:
             # RFC 6531 3.2: international addresses need SMTPUTF8.
             refusal = (550, "5.6.7 the server does not support SMTPUTF8 for international addresses")
+        elif job.require_tls and (b"REQUIRETLS" not in self.extensions or not self.destination.verify):
+            # RFC 8689 4.2: the next hop must offer REQUIRETLS (after verified TLS).
+            refusal = (550, f"5.7.30 REQUIRETLS: {self.destination.name} does not support REQUIRETLS")
         if refusal is not None:
             self._end({r: refusal for r in job.recipients}, rset=False)
             return
@@ -210,6 +217,8 @@ class RelayClient(smtp.ESMTPClient):
             params += b" BODY=8BITMIME"  # RFC 6152
         if job.utf8:
             params += b" SMTPUTF8"
+        if job.require_tls:
+            params += b" REQUIRETLS"
         self._commands.append((b"MAIL FROM:<" + job.sender.encode() + b">" + params, self._mail_reply))
         for r in job.recipients:
             self._commands.append((b"RCPT TO:<" + r.encode() + b">", self._rcpt_reply(r)))
@@ -320,8 +329,11 @@ class _DestinationState:
 class ConnectionPool:
     """Outbound connections, limited per destination and in total."""
 
-    def __init__(self, identity, total=50, per_destination=10, timeout=300, connect_timeout=30, linger=1.0, clock=reactor):
+    def __init__(self, identity, total=50, per_destination=10, timeout=300, connect_timeout=30, linger=1.0, clock=reactor,
+                 trust_root=None):
         self.identity = identity
+        # The CAs that verified TLS checks against (`[relay] tls_trust_file`); None: the system's.
+        self.trust_root = trust_root
         self.total = total
         self.per_destination = per_destination
         self.timeout = timeout
@@ -388,11 +400,15 @@ class ConnectionPool:
         ):
             context = None
         elif destination.verify:
-            context = ssl.optionsForClientTLS(destination.name)
+            context = self.verified_context(destination)
         else:
             # RFC 7435: opportunistic TLS, no certificate check.
             context = ssl.CertificateOptions()
         return RelayClient(self, destination, self.identity, context, self.timeout)
+
+    def verified_context(self, destination):
+        """TLS that checks the certificate against the trust root and the host name (RFC 6125; RFC 8461 4.2)."""
+        return ssl.optionsForClientTLS(destination.name, trustRoot=self.trust_root)
 
     def _open(self, key):
         state = self.destinations[key]
@@ -416,7 +432,7 @@ class ConnectionPool:
             endpoint = endpoints.TCP4ClientEndpoint(self.clock, destination.address, destination.port, self.connect_timeout)
         if destination.tls == "implicit":
             if destination.verify:
-                context = ssl.optionsForClientTLS(destination.name)
+                context = self.verified_context(destination)
             else:
                 context = ssl.CertificateOptions()
             endpoint = endpoints.wrapClientTLS(context, endpoint)
@@ -456,6 +472,9 @@ class ConnectionPool:
                 self.plaintext_until[client.destination.key] = self.clock.seconds() + 3600
                 text = f"STARTTLS failed ({text}); plaintext for the next hour"
             prefix = f"{code} " if code else ""
+            if client.destination.mta_sts == "enforce":
+                # RFC 8461 5: never in clear, never to an unverified host; the message waits.
+                prefix = f"4.7.5 MTA-STS requires verified STARTTLS: {prefix}"
             self._failed(state, (0, f"{client.destination}: {prefix}{text}"))
         else:
             self._reopen()

@@ -290,8 +290,15 @@ class RelayQueue(service.Service):
         if domain in self.local_domains:
             results = yield self._deliver_local(entry, recipients)
             return results
+        record = entry.record
         try:
-            destinations = yield self.router.route(domain)
+            # RFC 8689 3: "TLS-Required: No" lets the message past the domain's TLS policy.
+            if record.get("tls_optional"):
+                destinations = yield self.router.route(domain, tls_optional=True)
+            else:
+                destinations = yield self.router.route(domain)
+            if record.get("require_tls"):
+                destinations = self._verified_only(domain, destinations)
         except PermanentFailure as e:
             results = {r: (e.code, f"{e.enhanced} {e.text}", "") for r in recipients}
         except TemporaryFailure as e:
@@ -302,9 +309,9 @@ class RelayQueue(service.Service):
         else:
             results, last = {}, {}
             remaining = list(recipients)
-            record = entry.record
             for destination in destinations:
-                job = Job(entry.id, record["sender"], remaining, self.spool.eml(entry.id), record["crlf_size"], record["eight_bit"])
+                job = Job(entry.id, record["sender"], remaining, self.spool.eml(entry.id), record["crlf_size"], record["eight_bit"],
+                          require_tls=bool(record.get("require_tls")))
                 replies = yield self.pool.send(destination, job)
                 for r, (code, text) in replies.items():
                     self._log_attempt(entry, r, destination, code, text)
@@ -322,6 +329,20 @@ class RelayQueue(service.Service):
         for r, (code, text, _) in results.items():
             self._log_attempt(entry, r, "", code, text)
         return results
+
+    @staticmethod
+    def _verified_only(domain, destinations):
+        """
+        RFC 8689 4.2: REQUIRETLS mail goes only where TLS is required and
+        the certificate checked (an MTA-STS enforce policy, or a route or
+        smarthost with tls_verify); nowhere else is a bounce, 5.7.30.
+        """
+        verified = [d for d in destinations if d.verify and d.tls in ("starttls", "implicit")]
+        if not verified:
+            raise PermanentFailure(
+                f"REQUIRETLS: no verified TLS path to {domain} (no MTA-STS policy in enforce mode, "
+                "no route with tls_verify); not sent", "5.7.30", 550)
+        return verified
 
     @defer.inlineCallbacks
     def _deliver_local(self, entry, recipients):
@@ -423,7 +444,9 @@ class RelayQueue(service.Service):
         header = yield threads.deferToThread(dsn.original_header, self.spool.eml(entry.id))
         until = record["created"] + self.retry.max_age
         body = dsn.build(self.hostname, record, failed, header, delayed=delayed, until=until)
-        envelope = Envelope(sender="", received_by=self.hostname, protocol="ESMTP")
+        # RFC 8689 5: the DSN of a REQUIRETLS message is sent with REQUIRETLS too.
+        envelope = Envelope(sender="", received_by=self.hostname, protocol="ESMTP",
+                            require_tls=bool(record.get("require_tls")))
         try:
             queue_id = yield self._enqueue(envelope, [record["sender"]], BytesSource(body), is_dsn=True)
         except Exception:

@@ -8,6 +8,7 @@ import random
 import socket
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
@@ -15,6 +16,8 @@ from mailplat import dns as shared_dns
 from mailplat.interfaces import PermanentFailure, TemporaryFailure
 
 TLS_MODES = ("may", "starttls", "implicit", "none")
+
+log = Logger()
 
 
 class Route:
@@ -31,15 +34,18 @@ class Route:
 class Destination:
     """One address to connect to, with how to talk to it."""
 
-    __slots__ = ("name", "address", "port", "tls", "verify", "auth")
+    __slots__ = ("name", "address", "port", "tls", "verify", "auth", "mta_sts")
 
-    def __init__(self, name, address, port, tls="may", verify=False, auth=None):
+    def __init__(self, name, address, port, tls="may", verify=False, auth=None, mta_sts=None):
         self.name = name  # the host name (MX, route or smarthost), for TLS and logs
         self.address = address
         self.port = port
         self.tls = tls
         self.verify = verify
         self.auth = auth
+        # "enforce" or "testing" when the domain's MTA-STS policy chose this
+        # host (RFC 8461): the client names it in errors and logs.
+        self.mta_sts = mta_sts
 
     @property
     def key(self):
@@ -118,9 +124,12 @@ def _dns_failure(failure, what):
 class Router:
     """Turns a recipient domain into destinations, in the order to try them."""
 
-    def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None, dns_timeout=None):
+    def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None, dns_timeout=None,
+                 mta_sts=None):
         # `resolver`: the server's shared one (mailplat.dns), its owner's to
         # close; without it the router makes its own from `dns_servers`.
+        # `mta_sts`: an MTASTSPolicies (mtasts.py) for MX routes, or None.
+        self.mta_sts = mta_sts
         self.dns_servers = dns_servers
         self.dns_timeout = dns_timeout
         self._resolver = resolver
@@ -138,6 +147,8 @@ class Router:
 
     def close(self):
         """Stop the timers of a resolver of our own (a shared one is its owner's to close)."""
+        if self.mta_sts is not None:
+            self.mta_sts.stop()
         if self._upstream is not None:
             shared_dns.close_resolver(self._upstream)
 
@@ -146,8 +157,10 @@ class Router:
         return self.mx_port
 
     @defer.inlineCallbacks
-    def route(self, domain):
+    def route(self, domain, tls_optional=False):
         """
+        @param tls_optional: the message says "TLS-Required: No" (RFC 8689
+            3): the domain's MTA-STS policy is not applied.
         @return: Deferred firing with a non-empty list of L{Destination};
             fails with L{PermanentFailure} (null MX, no such domain) or
             L{TemporaryFailure} (DNS trouble).
@@ -163,11 +176,20 @@ class Router:
             return [
                 Destination(fixed.host, a, fixed.port, fixed.tls, fixed.verify, fixed.auth) for a in addresses
             ]
-        mx = yield self.mx_hosts(domain)
+        # The policy lookup runs beside the MX lookup; it never fails.
+        if self.mta_sts is not None and not tls_optional:
+            policy = self.mta_sts.policy_for(domain, self.resolver)
+        else:
+            policy = defer.succeed(None)
+        try:
+            mx = yield self.mx_hosts(domain)
+        finally:
+            cached = yield policy
+        mx, tls, verify, mode = self.apply_mta_sts(domain, mx, cached)
         out, trouble = [], []
         for host in mx:
             addresses = yield self.addresses(host, trouble=trouble)
-            out.extend(Destination(host, a, self.port_for(host)) for a in addresses)
+            out.extend(Destination(host, a, self.port_for(host), tls, verify, mta_sts=mode) for a in addresses)
         if not out:
             if trouble:
                 raise TemporaryFailure(f"{domain}: DNS lookup failed for {', '.join(trouble)}", "4.4.3")
@@ -176,6 +198,30 @@ class Router:
                 raise PermanentFailure(f"{domain}: no MX or address records", "5.1.2", 550)
             raise TemporaryFailure(f"{domain}: no address for any MX host ({', '.join(mx)})", "4.4.3")
         return out
+
+    def apply_mta_sts(self, domain, mx, cached):
+        """
+        RFC 8461 4.1-4.2 on the MX list: (hosts, tls, verify, mode). Under
+        mode=enforce only hosts matching the policy remain, and each needs
+        STARTTLS with a certificate valid for its name; none matching is a
+        temporary failure (the message waits, then bounces at max_age).
+        Under mode=testing the mail goes as before and a mismatch is logged.
+        """
+        policy = cached.policy if cached is not None else None
+        if policy is None or policy.mode == "none":
+            return mx, "may", False, None
+        matching = [h for h in mx if policy.matches(h)]
+        if policy.mode == "enforce":
+            if not matching:
+                raise TemporaryFailure(
+                    f"{domain}: no MX host ({', '.join(mx)}) matches its MTA-STS policy "
+                    f"(mx: {', '.join(policy.mx)}); not sent", "4.7.5")
+            return matching, "starttls", True, "enforce"
+        for host in mx:
+            if host not in matching:
+                log.warn("MTA-STS testing: {domain}: MX {host} does not match the policy (mx: {patterns}); "
+                         "enforce would not send there", domain=domain, host=host, patterns=", ".join(policy.mx))
+        return mx, "may", False, "testing"
 
     @defer.inlineCallbacks
     def mx_hosts(self, domain):

@@ -24,12 +24,19 @@ PENDING = (QUEUED, DEFERRED)
 
 COPY_CHUNK = 256 * 1024
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.I | re.M)
+_TLS_REQUIRED_NO = re.compile(rb"^tls-required[ \t]*:[ \t]*no[ \t]*\r?$", re.I | re.M)
 
 
 def count_hops(head):
     """Received: fields in the header section of `head` (RFC 5321 6.3 loop detection)."""
     end = head.find(b"\n\n")
     return len(_RECEIVED.findall(head if end < 0 else head[: end + 1]))
+
+
+def tls_required_no(head):
+    """RFC 8689 3: the header section says `TLS-Required: No` (TLS policies may be ignored)."""
+    end = head.find(b"\n\n")
+    return bool(_TLS_REQUIRED_NO.search(head if end < 0 else head[: end + 1]))
 
 
 def new_id():
@@ -88,6 +95,8 @@ class Spool:
             out.flush()
             os.fsync(out.fileno())
         record.update(size=size, crlf_size=size + lines, eight_bit=eight_bit, hops=count_hops(head))
+        # RFC 8689 3: with REQUIRETLS the TLS-Required field is ignored.
+        record["tls_optional"] = not record.get("require_tls") and tls_required_no(head)
         self._write_state(record, sync_dir=True)
         return record
 
@@ -174,6 +183,8 @@ def new_record(envelope, recipients, now=None, dsn=False):
             "received_by": envelope.received_by,
         },
         "dsn": dsn,
+        # RFC 8689: REQUIRETLS on MAIL FROM, kept until the message is gone.
+        "require_tls": bool(getattr(envelope, "require_tls", False)),
         "warned": False,
         "recipients": [
             {"address": r, "state": QUEUED, "attempts": 0, "next": now, "error": "", "destination": ""}

@@ -99,7 +99,22 @@ def load(config, context):
     default_timeout = _number(config, table, "timeout", "checks.timeout", DEFAULT_TIMEOUT)
     for key, value in table.items():
         if key not in ("enabled", "timeout") and not isinstance(value, dict):
-            raise _config_error(config, f"checks.{key}", "unknown key; known: enabled, timeout, and [checks.<name>] tables")
+            from mailplat.config import unknown
+
+            dotted, problem = unknown("checks", key, ("enabled", "timeout"))
+            raise _config_error(config, dotted, f"{problem} (or a [checks.<name>] table)")
+    # A [checks.<name>] table that is not enabled is kept for later, but
+    # still checked for misspelt keys when its plugin is installed.
+    for name, section in table.items():
+        if isinstance(section, dict) and name not in enabled:
+            kind = section.get("plugin", name)
+            found = plugin.find("check", kind) if isinstance(kind, str) else None
+            if found is not None:
+                rest = {k: v for k, v in section.items() if k not in ("plugin", "on_error", "timeout")}
+                try:
+                    plugin.check_section("check", found, rest, f"checks.{name}")
+                except plugin.PluginError as e:
+                    raise _config_error(config, None, str(e))
     checks = []
     for name in enabled:
         if enabled.count(name) > 1:
@@ -115,7 +130,7 @@ def load(config, context):
         timeout = _number(config, section, "timeout", f"{key}.timeout", default_timeout)
         section.pop("timeout", None)
         try:
-            check = plugin.build("check", kind, section, context, key=key)
+            check = plugin.build("check", kind, section, context, key=key, table=key)
         except plugin.PluginError as e:
             raise _config_error(config, None, str(e))
         checks.append(EnabledCheck(name, check, timeout, on_error))

@@ -71,15 +71,16 @@ def cmd_check_config(config, args):
     from mailplat import tls
     from mailplat.service import Backends
 
+    configuration.require_service(config)
     backends = Backends(config)
     problems = getattr(backends.realm, "problems", lambda: [])()
     for problem in problems:
         print(f"warning: {problem}")
     for problem in getattr(backends, "plugin_problems", []):
         print(f"warning: {problem} (not selected; the server starts without it)")
-    import os
-
-    if os.path.exists(config.tls_certificate) or not config.tls_create:
+    if tls.will_create(config):
+        tls.check_creatable(config)
+    else:
         tls.context_factory(config)
     _check_endpoints(config)
     print(f"{config.source}: OK")

@@ -7,6 +7,7 @@ so an operator can fix it without reading code. Relative paths are taken
 from the directory the server is started in (like twistd's own options).
 """
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -162,6 +163,8 @@ class Config:
     dkim: dict = field(default_factory=dict)
     # [authentication]: see _authentication; None means the defaults
     authentication: dict | None = None
+    # [log] format: "text" (twistd's lines) or "json" (one JSON object a line)
+    log_format: str = "text"
     raw: dict = field(repr=False, default_factory=dict)
 
     def is_local_domain(self, domain):
@@ -243,13 +246,55 @@ def _table(source, data, name):
     return value
 
 
-KNOWN_TABLES = {"server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay", "smtp", "dns", "dkim", "authentication"}
+# Every table a config may have and the keys of those the core reads
+# itself. [realm], [store], [delivery] and [checks.<name>] hold a plugin's
+# keys too: mailplat.plugin checks those against the keys the plugin declares.
+SERVER_KEYS = ("hostname", "state_dir")
+DOMAINS_KEYS = ("local",)
+TLS_KEYS = ("certificate", "key", "create_self_signed", "allow_plaintext_auth")
+REALM_KEYS = ("backend", "path")
+STORE_KEYS = ("backend", "path")
+DELIVERY_KEYS = ("local", "recipient_delimiter")
+ALIASES_KEYS = ("path",)
+SMTP_KEYS = ("restrict_sender",)
+LOG_KEYS = ("format",)
+LOG_FORMATS = ("text", "json")
+KNOWN_TABLES = ("server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay",
+                "smtp", "dns", "dkim", "authentication", "checks", "log")
+
+
+def unknown(key, name, known, what="key"):
+    """
+    The text for an unknown `name` under `key` (a table, or "" at the top),
+    with the closest known spelling: "smtp.restrict_sendr: unknown key (did
+    you mean restrict_sender?)". Returns (dotted key, problem).
+    """
+    dotted = f"{key}.{name}" if key else str(name)
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    if close:
+        return dotted, f"unknown {what} (did you mean {close[0]}?)"
+    return dotted, f"unknown {what}; known: {', '.join(known) or 'none'}"
+
+
+def check_keys(source, key, table, known, what="key"):
+    """Refuse the first key of `table` that is not in `known`, naming it."""
+    for name in table:
+        if name not in known:
+            raise ConfigError(source, *unknown(key, name, known, what))
 
 
 def _build(data, source, cwd):
     for name in data:
-        if name not in KNOWN_TABLES and not isinstance(data[name], dict):
-            raise ConfigError(source, name, "unknown top-level key")
+        if name not in KNOWN_TABLES:
+            what = "table" if isinstance(data[name], dict) else "top-level key"
+            raise ConfigError(source, *unknown("", name, KNOWN_TABLES, what))
+    for name, known in (("server", SERVER_KEYS), ("domains", DOMAINS_KEYS), ("tls", TLS_KEYS),
+                        ("aliases", ALIASES_KEYS), ("smtp", SMTP_KEYS), ("log", LOG_KEYS),
+                        ("limits", tuple(LIMIT_KEYS)), ("listen", LISTENERS)):
+        check_keys(source, name, _table(source, data, name), known)
+    log_format = _expect(source, _table(source, data, "log"), "format", "log", str, default="text")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(source, "log.format", f"must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     server = _table(source, data, "server")
     hostname = _expect(source, server, "hostname", "server", str, required=True)
     if not hostname or any(c.isspace() for c in hostname):
@@ -266,10 +311,6 @@ def _build(data, source, cwd):
     listen_table = _table(source, data, "listen")
     listen = {}
     for name, value in listen_table.items():
-        if name not in LISTENERS:
-            raise ConfigError(
-                source, f"listen.{name}", f"unknown service; known: {', '.join(LISTENERS)}"
-            )
         value = _expect(source, listen_table, name, "listen", str)
         if value:
             listen[name] = value
@@ -303,11 +344,6 @@ def _build(data, source, cwd):
 
     limits_table = _table(source, data, "limits")
     limits = {}
-    for name, value in limits_table.items():
-        if name not in LIMIT_KEYS:
-            raise ConfigError(
-                source, f"limits.{name}", f"unknown limit; known: {', '.join(LIMIT_KEYS)}"
-            )
     for name, (typ, default) in LIMIT_KEYS.items():
         value = _expect(source, limits_table, name, "limits", typ, default=default)
         if value < 0 or (value == 0 and name != "auth_failure_delay"):
@@ -340,8 +376,20 @@ def _build(data, source, cwd):
         dns=dns,
         dkim=dkim,
         authentication=authentication,
+        log_format=log_format,
         raw=data,
     )
+
+
+def require_service(config):
+    """
+    Refuse to run a server that would listen on nothing (start-up and
+    check-config; the admin commands work on such a config).
+    """
+    if not config.listen:
+        raise ConfigError(
+            config.source, "listen", f"no service is turned on; set at least one of {', '.join(LISTENERS)}"
+        )
 
 
 def _hostport(source, key, text, default_port=None):
@@ -358,9 +406,7 @@ def _relay(source, data, cwd):
     if "relay" not in data:
         return None
     table = _table(source, data, "relay")
-    for name in table:
-        if name not in RELAY_KEYS and name != "routes":
-            raise ConfigError(source, f"relay.{name}", f"unknown key; known: routes, {', '.join(RELAY_KEYS)}")
+    check_keys(source, "relay", table, ("routes", *RELAY_KEYS))
     relay = {}
     for name, (typ, default) in RELAY_KEYS.items():
         relay[name] = _expect(source, table, name, "relay", typ, default=default)
@@ -407,9 +453,7 @@ def _relay(source, data, cwd):
             value = {"host": value}
         if not isinstance(value, dict):
             raise ConfigError(source, key, 'must be "host:port" or { host = "host:port", tls = "may" }')
-        for k in value:
-            if k not in ("host", "tls", "tls_verify"):
-                raise ConfigError(source, f"{key}.{k}", "unknown key; known: host, tls, tls_verify")
+        check_keys(source, key, value, ("host", "tls", "tls_verify"))
         hostport = _expect(source, value, "host", key, str, required=True)
         host, port = _hostport(source, f"{key}.host", hostport, 25)
         tls = _expect(source, value, "tls", key, str, default="may")
@@ -422,9 +466,7 @@ def _relay(source, data, cwd):
 
 
 def _unknown_keys(source, table, name, known):
-    for key in table:
-        if key not in known:
-            raise ConfigError(source, f"{name}.{key}", f"unknown key; known: {', '.join(known)}")
+    check_keys(source, name, table, known)
 
 
 def _domain_name(source, key, value):
@@ -513,9 +555,8 @@ def _authentication(source, data):
         if not isinstance(overrides, dict):
             raise ConfigError(source, key, "must be a table of policy keys")
         checked = {}
+        check_keys(source, key, overrides, tuple(AUTHENTICATION_POLICY))
         for name, value in overrides.items():
-            if name not in AUTHENTICATION_POLICY:
-                raise ConfigError(source, f"{key}.{name}", f"unknown key; known: {', '.join(AUTHENTICATION_POLICY)}")
             if not isinstance(value, str):
                 raise ConfigError(source, f"{key}.{name}", f"must be a string, not {value!r}")
             checked[name] = _policy_value(source, f"{key}.{name}", value, AUTHENTICATION_POLICY[name][0])

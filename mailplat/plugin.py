@@ -31,6 +31,19 @@ from mailplat.interfaces import (
     IStoreFactory,
 )
 
+# A plugin's `keys` saying it reads whatever its section holds (its
+# section is then not checked for misspelt keys).
+ANY_KEYS = "any"
+
+# kind -> the keys the core reads from the plugin's section itself (the
+# name that selects the plugin; paths the core fills in by default).
+CORE_KEYS = {
+    "realm": ("backend", "path"),
+    "store": ("backend", "path"),
+    "delivery": ("local", "recipient_delimiter"),
+    "check": (),
+}
+
 # kind -> (factory interface, backend interface, config key naming it)
 KINDS = {
     "realm": (IRealmFactory, IRealmBackend, "realm.backend"),
@@ -44,13 +57,20 @@ class BackendPlugin:
     """
     A plugin object: a name, a line of description, and a `build(section,
     context)` callable. Providing `kind` makes it findable.
+
+    `keys` are the keys its section may hold: names, or a dict of name to
+    None (any value) or to the keys of a sub-table ({"lmtp": ("endpoint",
+    ...)}); L{ANY_KEYS} to take any. A misspelt key then stops the server
+    before `build` runs. A plugin that leaves `keys` out is not checked
+    (and the server logs that it is not).
     """
 
-    def __init__(self, kind, name, description, build, module=None):
+    def __init__(self, kind, name, description, build, module=None, keys=None):
         self.kind = kind
         self.module = module or sys._getframe(1).f_globals.get("__name__", "?")
         self.name = name
         self.description = description
+        self.keys = keys
         self._build = build
         directlyProvides(self, IPlugin, KINDS[kind][0])
 
@@ -175,10 +195,47 @@ def problems():
     return scan()[1]
 
 
-def build(kind, name, section, context, key=None):
-    """Find the plugin `name` of `kind`, build it, and verify the result."""
+def check_section(kind, obj, section, table):
+    """
+    Refuse a key of `section` the plugin `obj` does not declare (its
+    `keys`) and the core does not read, naming it as `table.key` with the
+    closest spelling. Returns False when the plugin declares nothing.
+    """
+    declared = getattr(obj, "keys", None)
+    if declared is None or declared == ANY_KEYS:
+        return declared is not None
+    known = dict.fromkeys(CORE_KEYS[kind])
+    known.update(declared if isinstance(declared, dict) else dict.fromkeys(declared))
+    _check_table(section, table, known)
+    return True
+
+
+def _check_table(section, table, known):
+    from mailplat.config import unknown
+
+    for name, value in section.items():
+        if name not in known:
+            dotted, problem = unknown(table, name, list(known))
+            raise PluginError(f"{dotted}: {problem}")
+        sub = known[name]
+        if sub is not None and sub != ANY_KEYS and isinstance(value, dict):
+            _check_table(value, f"{table}.{name}", dict.fromkeys(sub))
+
+
+def find(kind, name):
+    """The working plugin `name` of `kind`, or None."""
+    return available(kind).get(name)
+
+
+def build(kind, name, section, context, key=None, table=None):
+    """
+    Find the plugin `name` of `kind`, check its section's keys (see
+    L{check_section}; `table` names the section, default the kind's
+    table), build it, and verify the result.
+    """
     factory_iface, backend_iface, default_key = KINDS[kind]
     key = key or default_key
+    table = table or key.split(".")[0]
     plugins, broken = scan()
     found = {p.name: p for p in plugins if factory_iface.providedBy(p)}
     if name not in found:
@@ -191,6 +248,13 @@ def build(kind, name, section, context, key=None):
         if unnamed:
             text += "; plugin modules that failed to load: " + "; ".join(unnamed)
         raise PluginError(text)
+    if not check_section(kind, found[name], section, table):
+        from twisted.logger import Logger
+
+        Logger().warn(
+            "{kind} plugin {name!r} ({module}) does not declare its keys: [{table}] is not checked for misspellings",
+            kind=kind, name=name, module=found[name].module, table=table,
+        )
     try:
         backend = found[name].from_config(section, context)
     except (ValueError, KeyError, TypeError) as e:

@@ -10,15 +10,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from mailplat import plugin, tls
+from mailplat import oplog, plugin, tls
 from mailplat.auth.dkim_sign import DKIMSigner, SigningDelivery
 from mailplat.auth.verify import Verifier, VerifyingDelivery
-from mailplat.config import TLS_WRAPPED, ConfigError
+from mailplat.config import TLS_WRAPPED, ConfigError, require_service
 from mailplat.delivery.addresses import AddressResolver
 from mailplat.delivery.aliases import AliasesFile, AliasSources
 from mailplat.delivery.fanout import FanOutDelivery
 from mailplat.dns import SharedResolver
 from mailplat.interfaces import BackendContext, IAliasSource
+from mailplat.listeners import BoundListener, bind  # noqa: F401 (bind: for the twistd plugin)
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
 
@@ -79,10 +80,21 @@ class ServerService(service.MultiService):
     They are not children, so iterating the service yields listeners only.
     """
 
+    # [log] format = "json": the observer twistd is to log to (it asks the
+    # application for an ILogObserver component before its own options).
+    log_observer = None
+
     def __init__(self, backends):
         service.MultiService.__init__(self)
         self.backends = backends
         self.runners = [s for s in (backends.relay,) if s is not None]
+
+    def setServiceParent(self, parent):
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        service.MultiService.setServiceParent(self, parent)
 
     def startService(self):
         for runner in self.runners:
@@ -102,14 +114,19 @@ class ServerService(service.MultiService):
         return defer.maybeDeferred(close) if close else None
 
 
-def make_service(config):
+def make_service(config, bound=None):
     """
+    @param bound: the result of L{bind} when the ports are already bound
+        (twistd); else each listener binds when the service starts.
     @raise ConfigError: for anything that stops the server from starting.
     """
     from mailplat.imap.server import IMAPFactory
     from mailplat.pop3.server import POP3Factory
     from mailplat.smtp.factory import SMTPFactory
 
+    require_service(config)
+    if tls.will_create(config):
+        tls.check_creatable(config)  # before anything is created
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     backends = Backends(config)
     portal = make_portal(backends.realm, backends.store)
@@ -167,10 +184,36 @@ def make_service(config):
         factory = makers[name]()
         if name in TLS_WRAPPED:
             factory = TLSMemoryBIOFactory(context, False, factory)
-        try:
-            svc = strports.service(endpoint, factory)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
+        if bound is not None and name in bound:
+            port, stand_in = bound[name]
+            stand_in.set(factory)
+            svc = BoundListener(port, stand_in)
+        else:
+            try:
+                svc = strports.service(endpoint, factory)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
         svc.setName(name)
         svc.setServiceParent(top)
+    _log_startup(config, backends)
     return top
+
+
+def _log_startup(config, backends):
+    """The start-up summary: each service and endpoint, the backends, the certificate."""
+    for name, endpoint in config.listen.items():
+        oplog.emit("service", name=name, endpoint=endpoint, tls="implicit" if name in TLS_WRAPPED else "starttls")
+    oplog.emit(
+        "backends",
+        realm=config.realm["backend"],
+        store=config.store["backend"],
+        delivery=config.delivery["local"],
+        relay="on" if backends.relay is not None else "off",
+        checks=[c.name for c in backends.checks] or None,
+    )
+    try:
+        subject, expires = tls.describe(config.tls_certificate)
+    except Exception as e:  # loaded already; a description is only for the log
+        oplog.emit("certificate", level="warn", file=config.tls_certificate, problem=str(e))
+    else:
+        oplog.emit("certificate", subject=subject, expires=expires, file=config.tls_certificate)

@@ -12,6 +12,8 @@ from collections import deque
 
 from twisted.internet import defer
 
+from mailplat import oplog
+
 # Logins from one address waiting for a free slot; past this they are refused.
 MAX_WAITING = 200
 
@@ -94,7 +96,7 @@ class LoginThrottle:
         """Seconds to wait before answering a failed attempt."""
         return min(len(self._recent(address)), self.max_failures) * self.step
 
-    def begin(self, address, username=None):
+    def begin(self, address, username=None, protocol=None):
         """
         Admit one password check: a L{LoginAttempt} to end with succeeded(),
         failed() or abandoned(); None when the address is refused (the
@@ -103,24 +105,30 @@ class LoginThrottle:
         if self.blocked(address):
             return None
         self._pending[address] = self._pending.get(address, 0) + 1
-        return LoginAttempt(self, address, username)
+        return LoginAttempt(self, address, username, protocol)
 
-    def admit(self, address, username=None):
+    def admit(self, address, username=None, protocol=None):
         """
         Like L{begin}, as a Deferred: a login refused only because others
         from the address are being checked waits for one of them to end.
         Fires with None when the address is refused for its failures.
+        `protocol` (smtp, imap, pop3) is for the log lines.
         """
         if len(self._recent(address)) >= self.max_failures:
+            self._log_refused(address, username, protocol)
             return defer.succeed(None)
         if not self.blocked(address):
-            return defer.succeed(self.begin(address, username))
+            return defer.succeed(self.begin(address, username, protocol))
         queue = self._waiting.setdefault(address, deque())
         if len(queue) >= MAX_WAITING:
+            self._log_refused(address, username, protocol, "too many logins waiting")
             return defer.succeed(None)
         d = defer.Deferred()
-        queue.append((d, username))
+        queue.append((d, username, protocol))
         return d
+
+    def _log_refused(self, address, username, protocol, reason="locked out"):
+        oplog.emit("login-failed", protocol=protocol, client=oplog.client(address), user=_name(username), reason=reason)
 
     def _release(self, address):
         _decrement(self._pending, address)
@@ -131,10 +139,12 @@ class LoginThrottle:
         queue = self._waiting.get(address)
         while queue:
             if len(self._recent(address)) >= self.max_failures:
-                queue.popleft()[0].callback(None)
+                d, username, protocol = queue.popleft()
+                self._log_refused(address, username, protocol)
+                d.callback(None)
             elif not self.blocked(address):
-                d, username = queue.popleft()
-                d.callback(self.begin(address, username))
+                d, username, protocol = queue.popleft()
+                d.callback(self.begin(address, username, protocol))
             else:
                 break
         if not queue:
@@ -143,6 +153,12 @@ class LoginThrottle:
     def failed(self, address, username=None):
         self._recent(address)
         self._failures.setdefault(address, []).append((self._clock(), username))
+        if len(self._failures[address]) == self.max_failures:
+            # One line when the address becomes locked out, not per refusal.
+            oplog.emit(
+                "lockout", level="warn", client=oplog.client(address), failures=self.max_failures,
+                seconds=self.window, last_user=_name(username),
+            )
         if len(self._failures) > 100_000:  # bound memory under a spray of addresses
             oldest = min(self._failures, key=lambda a: self._failures[a][-1][0])
             del self._failures[oldest]
@@ -156,13 +172,25 @@ class LoginThrottle:
             self._failures.pop(address, None)
 
 
+def _reason(failure):
+    value = getattr(failure, "value", failure)
+    return str(value) or type(value).__name__
+
+
+def _name(username):
+    if isinstance(username, bytes):
+        return username.decode("utf-8", "replace")
+    return username
+
+
 class LoginAttempt:
     """One admitted password check; ending it frees its pending slot once."""
 
-    def __init__(self, throttle, address, username):
+    def __init__(self, throttle, address, username, protocol=None):
         self._throttle = throttle
         self.address = address
         self.username = username
+        self.protocol = protocol
         self._open = True
 
     def _end(self, record=None):
@@ -178,13 +206,28 @@ class LoginAttempt:
         self._end(self._throttle.succeeded)
 
     def failed(self):
-        """Record the failure; returns the delay to apply to the answer."""
+        """Record the failure (and log it); returns the delay to apply to the answer."""
         delay = self._throttle.delay(self.address)
+        if self._open:
+            failures = len(self._throttle._recent(self.address)) + 1
+            oplog.emit(
+                "login-failed", protocol=self.protocol, client=oplog.client(self.address), user=_name(self.username),
+                reason="bad credentials", failures=f"{failures}/{self._throttle.max_failures}",
+            )
         self._end(self._throttle.failed)
         return delay
 
-    def abandoned(self):
-        """The check could not be made (a temporary failure): neither outcome."""
+    def abandoned(self, failure=None):
+        """
+        The check could not be made (a temporary failure): neither outcome.
+        With the failure, one `login-tempfail` line says why (an unreadable
+        passwd-file, a database down), each time a client is answered so.
+        """
+        if failure is not None and self._open:
+            oplog.emit(
+                "login-tempfail", level="error", protocol=self.protocol, client=oplog.client(self.address),
+                user=_name(self.username), reason=_reason(failure),
+            )
         self._end()
 
     def settle(self, result):

@@ -61,6 +61,30 @@ def make_self_signed(cert_path, key_path, hostname, days=3650):
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def check_creatable(config):
+    """
+    Before making a self-signed pair: a path the config names must be in
+    a directory that exists (we create only state_dir/tls, the default).
+
+    @raise ConfigError: naming [tls] certificate or key.
+    """
+    table = config.section("tls")
+    for key, path in (("certificate", config.tls_certificate), ("key", config.tls_key)):
+        parent = os.path.dirname(path) or "."
+        if key in table and not os.path.isdir(parent):
+            raise ConfigError(
+                config.source,
+                f"tls.{key}",
+                f"cannot create {path}: directory {parent} does not exist "
+                "(create it, or set create_self_signed = false and give an existing file)",
+            )
+
+
+def will_create(config):
+    """True when start-up would make a self-signed pair (neither file exists)."""
+    return config.tls_create and not os.path.exists(config.tls_certificate) and not os.path.exists(config.tls_key)
+
+
 def context_factory(config):
     """
     The server's TLS context factory (TLS 1.2 and newer).
@@ -71,6 +95,7 @@ def context_factory(config):
     cert_path, key_path = config.tls_certificate, config.tls_key
     have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
     if not have_cert and not have_key and config.tls_create:
+        check_creatable(config)
         make_self_signed(cert_path, key_path, config.hostname)
         log.warn(
             "Created a self-signed certificate for {host} at {cert} (key {key}); "
@@ -101,6 +126,14 @@ def context_factory(config):
         extraCertChain=chain or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+def describe(cert_path):
+    """(subject, expiry as ISO 8601 UTC) of the leaf certificate in a PEM file, for the start-up log."""
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    expires = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return cert.subject.rfc4514_string(), expires
 
 
 def _extra_chain(cert_pem):

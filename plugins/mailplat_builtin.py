@@ -28,11 +28,14 @@ def _maildir_delivery(section, context):
 
 
 passwd_file = BackendPlugin(
-    "realm", "passwd-file", "Users in a Dovecot-compatible passwd-file, reloaded on change", _passwd_file
+    "realm", "passwd-file", "Users in a Dovecot-compatible passwd-file, reloaded on change", _passwd_file,
+    keys=("path",),
 )
 maildir_store = BackendPlugin(
-    "store", "maildir", "Maildir folders (Maildir++ layout) as Dovecot, mutt and mbsync use them", _maildir_store
+    "store", "maildir", "Maildir folders (Maildir++ layout) as Dovecot, mutt and mbsync use them", _maildir_store,
+    keys=("path",),
 )
 maildir_delivery = BackendPlugin(
-    "delivery", "maildir", "Deliver local mail into the users' maildir INBOX, fsync'd before 250", _maildir_delivery
+    "delivery", "maildir", "Deliver local mail into the users' maildir INBOX, fsync'd before 250", _maildir_delivery,
+    keys=(),
 )

@@ -115,7 +115,9 @@ def _header(section, context):
     return HeaderCheck(header, pattern, action, folder, section.get("text"))
 
 
-size = BackendPlugin("check", "size", "Refuse messages over max_size bytes (at MAIL SIZE= and end of data)", _size)
+size = BackendPlugin("check", "size", "Refuse messages over max_size bytes (at MAIL SIZE= and end of data)", _size,
+                    keys=("max_size",))
 header = BackendPlugin(
-    "check", "header", "Act on a header matching a pattern: file into a folder (Junk), reject or tempfail", _header
+    "check", "header", "Act on a header matching a pattern: file into a folder (Junk), reject or tempfail", _header,
+    keys=("header", "match", "action", "folder", "text"),
 )

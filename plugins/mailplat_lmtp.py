@@ -10,5 +10,6 @@ def _lmtp(section, context):
 
 
 lmtp = BackendPlugin(
-    "delivery", "lmtp", "Hand local mail to an LMTP server (RFC 2033), e.g. Dovecot's, at a client endpoint", _lmtp
+    "delivery", "lmtp", "Hand local mail to an LMTP server (RFC 2033), e.g. Dovecot's, at a client endpoint", _lmtp,
+    keys={"lmtp": ("endpoint", "lhlo", "timeout", "connect_timeout")},
 )

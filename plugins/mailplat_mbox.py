@@ -33,8 +33,10 @@ def _mbox_delivery(section, context):
 
 
 mbox_store = BackendPlugin(
-    "store", "mbox", "mbox files (mboxrd) as mutt, Dovecot and Python's mailbox read them", _mbox_store
+    "store", "mbox", "mbox files (mboxrd) as mutt, Dovecot and Python's mailbox read them", _mbox_store,
+    keys=tuple(sorted(KEYS)),
 )
 mbox_delivery = BackendPlugin(
-    "delivery", "mbox", "Deliver local mail into the users' mbox INBOX, locked and fsync'd before 250", _mbox_delivery
+    "delivery", "mbox", "Deliver local mail into the users' mbox INBOX, locked and fsync'd before 250", _mbox_delivery,
+    keys=(),
 )

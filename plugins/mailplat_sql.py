@@ -11,5 +11,6 @@ def _sql_realm(section, context):
 
 
 sql = BackendPlugin(
-    "realm", "sql", "Users, password hashes and aliases in SQL tables (SQLite, or PostgreSQL with dsn)", _sql_realm
+    "realm", "sql", "Users, password hashes and aliases in SQL tables (SQLite, or PostgreSQL with dsn)", _sql_realm,
+    keys=("database", "dsn", "create_tables", "pool_size"),
 )

@@ -176,7 +176,7 @@ class Configuration(unittest.TestCase):
 
     def test_unknown_keys_are_named(self):
         e = self.assertRaises(ConfigError, self.backends, 'backend = "sql"\nfile = "x"')
-        self.assertIn("'file'", str(e))
+        self.assertIn("realm.file: unknown key", str(e))
 
     def test_a_dsn_that_is_not_postgresql_is_refused(self):
         e = self.assertRaises(ConfigError, self.backends, 'backend = "sql"\ndsn = "mysql://x"')

@@ -87,9 +87,13 @@ class Twistd(unittest.TestCase):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.fail(f"twistd exited with {proc.returncode}:\n{self.output()}")
+            # The ports are bound before the server is built: it is ready
+            # when it greets (220 / +OK), not when a connection is taken.
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.settimeout(5)
+                    if s.recv(1):
+                        return
             except OSError:
                 time.sleep(0.05)
         self.fail(f"twistd did not listen on {port} within {timeout} s:\n{self.output()}")

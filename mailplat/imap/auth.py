@@ -93,7 +93,7 @@ class AuthCommands:
 
     def _login(self, tag, user, password):
         # Admitted before the password is checked: parallel guesses count too.
-        d = self.factory.throttle.admit(self._peer, user)
+        d = self.factory.throttle.admit(self._peer, user, protocol="imap")
         return d.addCallback(self._login_admitted, tag, user, password)
 
     def _login_admitted(self, attempt, tag, user, password):
@@ -117,7 +117,7 @@ class AuthCommands:
                 wait = defer.Deferred()
                 reactor.callLater(delay, wait.callback, None)
                 return wait.addCallback(lambda _: self.no(tag, "[AUTHENTICATIONFAILED] authentication failed"))
-            attempt.abandoned()
+            attempt.abandoned(failure)
             if failure.check(TemporaryFailure):
                 return self.no(tag, "[UNAVAILABLE] temporary failure, try again later")
             log.failure("IMAP login error", failure)

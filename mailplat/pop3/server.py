@@ -336,7 +336,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
 
     def _login(self, user, password):
         # Admitted before the password is checked: parallel guesses count too.
-        d = self.factory.throttle.admit(self._peer, user)
+        d = self.factory.throttle.admit(self._peer, user, protocol="pop3")
         return d.addCallback(self._login_admitted, user, password)
 
     def _login_admitted(self, attempt, user, password):
@@ -358,7 +358,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
                 wait = defer.Deferred()
                 reactor.callLater(delay, wait.callback, None)
                 return wait.addCallback(lambda _: self.failResponse(b"[AUTH] authentication failed"))
-            attempt.abandoned()
+            attempt.abandoned(failure)
             if not failure.check(TemporaryFailure):
                 log.failure("POP3 login error", failure)
             self.failResponse(b"[SYS/TEMP] temporary failure, try again later")

@@ -90,7 +90,7 @@ class SMTPAuthMixin:
             username, password = state["username"], decoded
         self._state = COMMAND
         # Admitted before the password is checked: parallel guesses count too.
-        d = self.factory.throttle.admit(self._peer, username)
+        d = self.factory.throttle.admit(self._peer, username, protocol="smtp")
         return d.addCallback(self._auth_admitted, username, password)
 
     def _auth_admitted(self, attempt, username, password):
@@ -117,7 +117,7 @@ class SMTPAuthMixin:
             return d.addCallback(
                 lambda _: self.reply(535, "5.7.8", "authentication credentials invalid")
             )
-        attempt.abandoned()
+        attempt.abandoned(failure)
         if failure.check(TemporaryFailure):
             self.reply(454, "4.7.0", "temporary authentication failure")
         else:

@@ -11,6 +11,7 @@ from email.utils import formatdate
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailplat import oplog
 from mailplat.checks import run_stage
 from mailplat.interfaces import Envelope, PermanentFailure, TemporaryFailure
 from mailplat.smtp.address import PathError, parse_path, split_path
@@ -61,6 +62,7 @@ class SMTPTransactionMixin:
         self._bdat_cr = False
         self._bdat_failed = False
         self._envelope = None
+        self._queue_id = None  # given at MAIL, logged and sent with the 250 after data
         self._folder = None  # a check's Verdict.folder for this message
         session = getattr(self, "_check_session", None)
         if session is not None:
@@ -180,19 +182,22 @@ class SMTPTransactionMixin:
 
         def checked(verdict):
             if self._refused_by_check(verdict):
+                self._log_refused("mail", verdict.code, verdict.enhanced, verdict.text, sender=sender, check=verdict.check)
                 return None
             d = defer.maybeDeferred(self.factory.delivery.start, envelope)
             return d.addCallback(started)
 
         def started(transaction):
             self._transaction = transaction
+            self._queue_id = oplog.new_queue_id()
+            envelope.queue_id = self._queue_id
             self._envelope = envelope
             self._sender = sender
             self._check_session.sender = sender
             self._recipients = []
             self.reply(250, "2.1.0", "sender OK")
 
-        return d.addCallback(allowed).addCallback(checked).addErrback(self._failed_reply)
+        return d.addCallback(allowed).addCallback(checked).addErrback(self._failed_reply, "mail", sender=sender)
 
     # --- RCPT ------------------------------------------------------------------
 
@@ -216,20 +221,21 @@ class SMTPTransactionMixin:
             self._error(555, "5.5.4", f"parameter {next(iter(params))} not supported")
             return None
         if len(self._recipients) >= self.factory.limits["recipients"]:
-            self.reply(452, "4.5.3", "too many recipients")
+            self._refuse("rcpt", 452, "4.5.3", "too many recipients", rcpt=address)
             return None
         domain = address.rpartition("@")[2]
         if not self.factory.is_local_domain(domain) and not self.factory.relay_enabled:
             if self.policy == "mx":
-                self.reply(554, "5.7.1", f"relay access denied: {domain} is not handled here")
+                self._refuse("rcpt", 554, "5.7.1", f"relay access denied: {domain} is not handled here", rcpt=address)
             else:
-                self.reply(550, "5.7.1", f"relay to {domain} is not configured on this server")
+                self._refuse("rcpt", 550, "5.7.1", f"relay to {domain} is not configured on this server", rcpt=address)
             return None
         transaction = self._transaction
         d = run_stage(self.factory.checks, "rcpt", self._check_session, address)
 
         def checked(verdict):
             if self._refused_by_check(verdict):
+                self._log_refused("rcpt", verdict.code, verdict.enhanced, verdict.text, rcpt=address, check=verdict.check)
                 return None
             return defer.maybeDeferred(transaction.add_recipient, address).addCallback(accepted)
 
@@ -238,18 +244,62 @@ class SMTPTransactionMixin:
             self._check_session.recipients.append(address)
             self.reply(250, "2.1.5", "recipient OK")
 
-        return d.addCallback(checked).addErrback(self._failed_reply)
+        return d.addCallback(checked).addErrback(self._failed_reply, "rcpt", rcpt=address)
 
-    def _failed_reply(self, failure):
+    def _failed_reply(self, failure, stage=None, **about):
         if failure.check(PermanentFailure):
             e = failure.value
-            self.reply(e.code, e.enhanced, e.text)
+            answer = (e.code, e.enhanced, e.text)
         elif failure.check(TemporaryFailure):
             e = failure.value
-            self.reply(451, e.enhanced, e.text)
+            answer = (451, e.enhanced, e.text)
         else:
             log.failure("SMTP backend error", failure)
-            self.reply(451, "4.3.0", "local error in processing")
+            answer = (451, "4.3.0", "local error in processing")
+        self.reply(*answer)
+        if stage is not None:
+            self._log_refused(stage, *answer, **about)
+
+    def _refuse(self, stage, code, enhanced, text, **about):
+        self.reply(code, enhanced, text)
+        self._log_refused(stage, code, enhanced, text, **about)
+
+    def _log_refused(self, stage, code, enhanced, text, sender=None, rcpt=None, check=None):
+        """One `refused` line per refused sender, recipient or message (docs/operating.md)."""
+        if sender is None and self._sender is not None:
+            sender = self._sender
+        oplog.emit(
+            "refused",
+            id=self._queue_id,
+            code=code,
+            status=enhanced,
+            stage=stage,
+            port=self.policy,
+            client=oplog.client(self._peer),
+            user=self._user.address if self._user else None,
+            **{"from": None if sender is None else f"<{sender}>"},
+            rcpt=None if rcpt is None else f"<{rcpt}>",
+            check=check,
+            reason=text,
+        )
+
+    def _log_accepted(self, size):
+        envelope = self._envelope
+        oplog.emit(
+            "accepted",
+            id=self._queue_id,
+            port=self.policy,
+            client=oplog.client(self._peer),
+            client_name=(envelope.client_name or None) if envelope else None,
+            helo=self._helo[0].decode("utf-8", "replace") if self._helo[0] else None,
+            tls=self.secure,
+            user=self._user.address if self._user else None,
+            **{"from": f"<{self._sender or ''}>"},
+            size=size,
+            nrcpt=len(self._recipients),
+            rcpts=[f"<{r}>" for r in self._recipients],
+            folder=(envelope.folder if envelope else None),
+        )
 
     # --- DATA ------------------------------------------------------------------
 
@@ -374,6 +424,7 @@ class SMTPTransactionMixin:
         if problem is not None:
             if source is not None:
                 source.discard()
+            self._log_refused("data", *problem)
             self._reset_transaction()
             self.reply(*problem)
             return None
@@ -390,10 +441,14 @@ class SMTPTransactionMixin:
         message = PrefixedSource(prefix, source)
 
         def done(_):
-            self.reply(250, "2.0.0", "message accepted for delivery")
+            # The queue id in the answer, as Postfix gives it, so a sender's
+            # report can be matched with our `accepted` line.
+            self._log_accepted(getattr(message, "size", None))
+            self.reply(250, "2.0.0", f"message accepted for delivery as {self._queue_id}")
 
         def checked(verdict):
             if self._refused_by_check(verdict):
+                self._log_refused("data", verdict.code, verdict.enhanced, verdict.text, check=verdict.check)
                 return None
             if self._folder and self._envelope is not None:
                 self._envelope.folder = self._folder
@@ -408,7 +463,7 @@ class SMTPTransactionMixin:
             self._reset_transaction()
             return result
 
-        d.addErrback(self._failed_reply)
+        d.addErrback(self._failed_reply, "data")
         d.addBoth(finished)
         return d
 

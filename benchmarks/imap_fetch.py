@@ -7,6 +7,8 @@ starts `twistd -n mailplat`, and times over one IMAP connection:
     SELECT INBOX
     FETCH 1:* (UID FLAGS RFC822.SIZE)
     FETCH 1:* (ENVELOPE)
+    SORT (ARRIVAL) / (SUBJECT) / (FROM) / (DATE) UTF-8 ALL   (RFC 5256)
+    THREAD REFERENCES UTF-8 ALL
 
 three times: cold (first session after the files appeared: UIDs to
 assign, every envelope to compute), warm (a second session in the same
@@ -129,11 +131,25 @@ class Client:
             count += 1
 
 
+ROUND = (
+    b"SELECT INBOX",
+    b"FETCH 1:* (UID FLAGS RFC822.SIZE)",
+    b"FETCH 1:* (ENVELOPE)",
+    # The first of these that needs a header reads every message once (cold);
+    # the rest, and every later session, use the keys cached in the index.
+    b"SORT (ARRIVAL) UTF-8 ALL",
+    b"SORT (SUBJECT) UTF-8 ALL",
+    b"SORT (FROM) UTF-8 ALL",
+    b"SORT (DATE) UTF-8 ALL",
+    b"THREAD REFERENCES UTF-8 ALL",
+)
+
+
 def run_round(port, label):
     c = Client(port)
     c.command(b"LOGIN user@example.test pw")
     out = []
-    for text in (b"SELECT INBOX", b"FETCH 1:* (UID FLAGS RFC822.SIZE)", b"FETCH 1:* (ENVELOPE)"):
+    for text in ROUND:
         start = time.perf_counter()
         lines = c.command(text)
         out.append((text.decode(), time.perf_counter() - start, lines))

@@ -240,6 +240,19 @@ class MessageCommands:
             return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
         query = Query(reader, charset)
         reader.end()
+
+        def answer(found):
+            numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
+            self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
+            self.ok(tag, "SEARCH completed")
+
+        return self._search(query).addCallback(answer)
+
+    def _search(self, query):
+        """
+        The selected messages `query` matches: Deferred firing with their
+        Contexts in sequence order (also for SORT and THREAD, RFC 5256 3).
+        """
         sel = self.selected
         largest_seq = len(sel.uids)
         largest_uid = sel.uids[-1] if sel.uids else 0
@@ -249,19 +262,14 @@ class MessageCommands:
                 contexts.append(Context(seq, u, info, u in sel.recent, largest_seq, largest_uid))
         found = []
 
-        def answer(_=None):
-            numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
-            self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
-            self.ok(tag, "SEARCH completed")
-
         if not query.needs_file:
             found.extend(c for c in contexts if query.match(c))
-            return answer()
+            return defer.succeed(found)
 
         def batch(start):
             chunk = contexts[start : start + BATCH]
             if not chunk:
-                return answer()
+                return found
             d = self._open_batch([c.uid for c in chunk])
 
             def evaluate(files):
@@ -288,7 +296,7 @@ class MessageCommands:
             d.addCallback(found.extend)
             return d.addCallback(lambda _: batch(start + BATCH))
 
-        return batch(0)
+        return defer.maybeDeferred(batch, 0)
 
     # --- FETCH (RFC 3501 6.4.5) --------------------------------------------
 

@@ -19,7 +19,8 @@ the command handlers so that:
   when RFC 3501 7.4.1 allows, at once during IDLE (RFC 2177).
 
 Logging in lives in L{mailplat.imap.auth}, folder commands in
-L{mailplat.imap.mailboxes}, message commands in L{mailplat.imap.messages}.
+L{mailplat.imap.mailboxes}, message commands in L{mailplat.imap.messages},
+SORT and THREAD (RFC 5256) in L{mailplat.imap.sort} and L{mailplat.imap.thread}.
 """
 
 from twisted.internet import defer, protocol
@@ -35,6 +36,8 @@ from mailplat.imap.mailboxes import MailboxCommands
 from mailplat.imap.messages import MessageCommands
 from mailplat.imap.parser import BadCommand, InvalidName, Reader, literal_announced
 from mailplat.imap.session import AUTH, LOGOUT, SELECTED, UNAUTH
+from mailplat.imap.sort import SortCommands
+from mailplat.imap.thread import ThreadCommands
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
 
@@ -64,6 +67,10 @@ CAPABILITIES = [
     b"SPECIAL-USE",
     b"CHILDREN",
     b"LIST-STATUS",
+    b"SORT",  # RFC 5256 3
+    b"SORT=DISPLAY",  # RFC 5957
+    b"THREAD=ORDEREDSUBJECT",  # RFC 5256 4
+    b"THREAD=REFERENCES",
 ]
 
 ANY = (UNAUTH, AUTH, SELECTED)
@@ -101,13 +108,18 @@ COMMANDS = {
     b"STORE": ("cmd_STORE", (SELECTED,)),
     b"COPY": ("cmd_COPY", (SELECTED,)),
     b"MOVE": ("cmd_MOVE", (SELECTED,)),
+    b"SORT": ("cmd_SORT", (SELECTED,)),
+    b"THREAD": ("cmd_THREAD", (SELECTED,)),
 }
-UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE")
-# RFC 3501 7.4.1: no EXPUNGE while answering these (their UID forms may).
-NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH")
+UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT", b"THREAD")
+# RFC 3501 7.4.1: no EXPUNGE while answering these (their UID forms may);
+# RFC 5256 answers SORT and THREAD with sequence numbers as SEARCH.
+NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 
 
-class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageCommands, imap4.IMAP4Server):
+class MailplatIMAP(
+    HandshakeDeadline, AuthCommands, MailboxCommands, MessageCommands, SortCommands, ThreadCommands, imap4.IMAP4Server
+):
     """One IMAP session, configured through its factory (L{IMAPFactory})."""
 
     IDENT = b"mailplat IMAP4rev1 ready"
@@ -395,7 +407,7 @@ class MailplatIMAP(HandshakeDeadline, AuthCommands, MailboxCommands, MessageComm
                 name = reader.atom("a command").upper()
                 uid = True
                 if name not in UID_COMMANDS:
-                    raise BadCommand("UID goes with FETCH, STORE, SEARCH, COPY, MOVE or EXPUNGE")
+                    raise BadCommand("UID goes with " + ", ".join(c.decode() for c in UID_COMMANDS))
             entry = COMMANDS.get(name)
             if entry is None:
                 raise BadCommand("unknown command")

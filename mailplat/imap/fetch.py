@@ -6,6 +6,8 @@ because Twisted's own (`spew_*`) re-parse the message on every FETCH,
 rebuild HEADER.FIELDS from a dict, ignore partial ranges (twisted#5613)
 and never set \\Seen. ENVELOPE and BODYSTRUCTURE are computed once per
 message and kept in the folder's index through `IMailFolder.cache`.
+BINARY[...], BINARY.PEEK[...] and BINARY.SIZE[...] (RFC 3516) are handed
+to Twisted's parser as BODY[...] and told apart again here.
 """
 
 import functools
@@ -25,6 +27,13 @@ MAX_NUMBER = 0xFFFFFFFF
 FP = imap4._FetchParser
 log = Logger()
 _FIELD_LISTS = re.compile(rb"HEADER\.FIELDS(?:\.NOT)?\s*\(([^)]*)\)", re.I)
+# RFC 3516 4.1: BINARY[section-binary]<partial>, BINARY.PEEK[...], BINARY.SIZE[...];
+# section-binary is part numbers only.
+_BINARY = re.compile(rb"(?<![A-Za-z0-9.])BINARY(\.PEEK|\.SIZE)?\[([^\]]*)\]", re.I)
+_BODY_SECTION = re.compile(rb"(?<![A-Za-z0-9.])BODY(?:\.PEEK)?\[", re.I)
+_PART_NUMBERS = re.compile(rb"^(?:[1-9][0-9]*(?:\.[1-9][0-9]*)*)?$")
+UnknownCTE = mime.UnknownCTE
+_UNKNOWN = object()  # a section whose transfer encoding we cannot undo
 
 
 class Item:
@@ -44,17 +53,23 @@ class Item:
 
     @property
     def sets_seen(self):
-        # RFC 3501 6.4.5: BODY[...] and RFC822 / RFC822.TEXT set \Seen, .PEEK does not.
-        return (self.kind == "section" and not self.peek) or self.kind in ("rfc822", "rfc822.text")
+        # RFC 3501 6.4.5: BODY[...] and RFC822 / RFC822.TEXT set \Seen, .PEEK does not;
+        # RFC 3516 4.1: so does BINARY[...], not BINARY.PEEK or BINARY.SIZE.
+        return (self.kind in ("section", "binary") and not self.peek) or self.kind in ("rfc822", "rfc822.text")
 
     @property
     def needs_file(self):
-        return self.kind in ("section", "rfc822", "rfc822.header", "rfc822.text")
+        return self.kind in ("section", "rfc822", "rfc822.header", "rfc822.text", "binary", "binary.size")
 
     def label(self):
-        if self.kind != "section":
+        if self.kind not in ("section", "binary", "binary.size"):
             return self.kind.upper().encode("ascii")
         spec = ".".join(str(n) for n in self.part)
+        if self.kind != "section":
+            out = ("BINARY[%s]" if self.kind == "binary" else "BINARY.SIZE[%s]") % spec
+            if self.start is not None:
+                out += f"<{self.start}>"
+            return out.encode("ascii")
         if self.section:
             text = self.section
             if self.fields:
@@ -65,6 +80,16 @@ class Item:
             # RFC 3501 7.4.2: the answer names only the origin octet.
             out += f"<{self.start}>"
         return out.encode("ascii")
+
+    def wire(self, data):
+        """The item and its value as FETCH sends it."""
+        if data is _UNKNOWN:
+            raise UnknownCTE()
+        if self.kind == "binary.size":
+            return self.label() + b" %d" % len(data)
+        # RFC 3516 4.2: a BINARY answer that holds NUL goes as a literal8.
+        binary = self.kind == "binary" and b"\0" in data
+        return self.label() + (b" ~{%d}\r\n" if binary else b" {%d}\r\n") % len(data) + data
 
 
 _SIMPLE = {
@@ -92,6 +117,9 @@ def parse_items(raw):
     if any(c < 0x20 or c > 0x7E for c in raw):
         # RFC 3501 9: every FETCH item, header field names included, is 7-bit text.
         raise BadCommand("FETCH items must be 7-bit text")
+    binary_kinds = _binary_kinds(raw)
+    if binary_kinds:
+        raw = _BINARY.sub(_as_body, raw)
     upper = raw.upper()
     if upper == b"FAST":
         raw = b"(FLAGS INTERNALDATE RFC822.SIZE)"
@@ -122,6 +150,18 @@ def parse_items(raw):
         part = tuple(n + 1 for n in r.part)
         if any(n > MAX_NUMBER for n in part):
             raise BadCommand("section part numbers are at most 32 bits")
+        sectioned = not (r.header is None and r.text is None and r.mime is None and not r.empty)
+        kind = binary_kinds.pop(0) if binary_kinds and sectioned else "section"
+        if kind != "section":
+            start = length = None
+            if r.partialBegin is not None:
+                if kind == "binary.size":
+                    raise BadCommand("BINARY.SIZE takes no partial range")
+                start, length = int(r.partialBegin), int(r.partialLength)
+                if start > MAX_NUMBER or length > MAX_NUMBER or length == 0:
+                    raise BadCommand("bad partial range")
+            items.append(Item(kind, part, peek=bool(r.peek) or kind == "binary.size", start=start, length=length))
+            continue
         if r.header is None and r.text is None and r.mime is None and not r.empty:
             items.append(Item("body"))  # BODY without a section: the non-extensible BODYSTRUCTURE
             continue
@@ -153,8 +193,55 @@ def parse_items(raw):
     return items
 
 
+def _binary_kinds(raw):
+    """
+    The kind of each sectioned BODY/BINARY item in order ("section" for
+    BODY[...]), or [] when there is no BINARY item; BadCommand for a
+    BINARY section that is not part numbers (RFC 3516 4.1).
+    """
+    if not _BINARY.search(raw):
+        return []
+    for m in _BINARY.finditer(raw):
+        if not _PART_NUMBERS.match(m.group(2)):
+            raise BadCommand("a BINARY section is part numbers only")
+    kinds = []
+    for m in re.finditer(_BINARY.pattern + b"|" + _BODY_SECTION.pattern, raw, re.I):
+        if m.group(0).upper().startswith(b"BODY"):
+            kinds.append("section")
+        elif (m.group(1) or b"").upper() == b".SIZE":
+            kinds.append("binary.size")
+        else:
+            kinds.append("binary")
+    return kinds
+
+
+def _as_body(m):
+    # Twisted's parser knows BODY[...]; the kinds are kept by _binary_kinds.
+    peek = b".PEEK" if m.group(1) else b""
+    return b"BODY" + peek + b"[" + m.group(2) + b"]"
+
+
+def binary_bytes(item, message):
+    """RFC 3516 4.2: a BINARY[...] section, its transfer encoding undone."""
+    if not item.part:
+        data = message.data
+    else:
+        part = message.find(item.part)
+        if part is None:
+            return b""
+        try:
+            data = mime.decoded_body(part)
+        except mime.UnknownCTE:
+            return _UNKNOWN
+    if item.start is not None:
+        data = data[item.start : item.start + item.length]
+    return data
+
+
 def section_bytes(item, message):
     """The bytes of a BODY[...] item from the parsed message (a mime.Part)."""
+    if item.kind in ("binary", "binary.size"):
+        return binary_bytes(item, message)
     if item.kind == "rfc822":
         data = message.data
     elif item.kind == "rfc822.header":

@@ -1,7 +1,8 @@
 """
 Commands about folders (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE,
-RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (with RFC 5819 RETURN (STATUS ...)),
-LSUB, STATUS, APPEND, NAMESPACE, ENABLE. A mixin of
+RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258 LIST-EXTENDED, with RFC 5819
+RETURN (STATUS ...)), LSUB, STATUS, APPEND (RFC 3502 MULTIAPPEND, RFC 3516
+literal8), NAMESPACE, ENABLE. A mixin of
 L{mailplat.imap.server.MailplatIMAP}; it talks to the user's
 L{IMailAccount} only.
 """
@@ -14,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from mailplat.imap import mime
 from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
 from mailplat.store.boundary import RefusedName
@@ -73,13 +75,22 @@ def _status_response(name, folder, msgs, items):
     return b"STATUS " + encode_mailbox(name) + b" (" + body + b")"
 
 
+# RFC 5258 3.1 (SUBSCRIBED, REMOTE, RECURSIVEMATCH); RFC 6154 5.1 (SPECIAL-USE)
+SELECTION_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
+# RFC 5258 3.2 (SUBSCRIBED, CHILDREN); RFC 6154 5.2 (SPECIAL-USE); RFC 5819 (STATUS)
+RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
+SPECIAL_USE = {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}
+
+
 def _return_option(reader):
     """
-    One LIST return option (RFC 5258 3) -> (name, STATUS items or None).
-    RFC 5819 STATUS is acted on; the others (CHILDREN, SPECIAL-USE, ...)
-    change nothing: those attributes are always sent.
+    One LIST return option (RFC 5258 3.2) -> (name, STATUS items or None).
+    SUBSCRIBED adds \\Subscribed and RFC 5819 STATUS a STATUS response;
+    CHILDREN and SPECIAL-USE change nothing: those attributes are always sent.
     """
     name = reader.atom("a return option").upper()
+    if name not in RETURN_OPTIONS:
+        raise BadCommand(f"unknown LIST return option {name.decode('ascii', 'replace')}")
     if name == b"STATUS":
         reader.space()
         return name, _status_items(reader)
@@ -104,6 +115,33 @@ def _reference_and_pattern(reader):
     return ref, pattern if valid else None
 
 
+def _reference_and_patterns(reader):
+    """
+    RFC 5258 3: LIST's reference and one pattern or a parenthesised list of
+    them; a pattern that is not valid modified UTF-7 is None (matches nothing).
+    """
+    if reader.peek() == b"(":
+        raise BadCommand("expected a reference name")
+    try:
+        ref = reader.mailbox()
+    except InvalidName:
+        ref = None
+    reader.space()
+
+    def one():
+        try:
+            return reader.list_mailbox()
+        except InvalidName:
+            return None
+
+    patterns = reader.paren_list(one) if reader.peek() == b"(" else [one()]
+    if not patterns:
+        raise BadCommand("expected a mailbox pattern")
+    if ref is None:
+        return "", []
+    return ref, patterns
+
+
 def _unsubscribed_parents(subscribed, sep, regex):
     """
     RFC 3501 6.3.9: LSUB with "%" lists a subscribed mailbox's parent that
@@ -119,6 +157,50 @@ def _unsubscribed_parents(subscribed, sep, regex):
             if parent not in have and regex.fullmatch(parent):
                 parents.add(parent)
     return parents
+
+
+def _append_message(reader):
+    """
+    One message of APPEND (RFC 3501 6.3.11, RFC 3502 6.3.11):
+    [flag-list SP] [date-time SP] literal, or a literal8 (RFC 3516 4.4)
+    -> (stored bytes, flags, internaldate).
+    """
+    flags = []
+    internaldate = None
+    # RFC 3501 6.3.11: the flag list and the date are both optional
+    # (Twisted's APPEND fails without flags).
+    if reader.peek() == b"(":
+        flags = reader.paren_list(reader.flag)
+        reader.space()
+    if reader.peek() == b'"':
+        internaldate = parse_date_time(reader.string())
+        reader.space()
+    binary = reader.peek() == b"~"
+    if binary:
+        reader.pos += 1
+        if reader.peek() != b"{":
+            raise BadCommand("expected a literal8 after ~")
+    message = reader.string("the message literal")
+    if not binary and b"\0" in message:
+        # RFC 3501 4.3: a literal is CHAR8, no NUL; only a literal8 may carry it.
+        raise BadCommand("NUL in a literal; send it as a literal8 (~{n})")
+    flags = [f for f in flags if f.lower() != "\\recent"]
+    # The store keeps LF line ends (IMessageSource); FETCH gives CRLF back.
+    if binary and b"\0" in message:
+        message = mime.without_nul(mime.canonical(message))
+    return message.replace(b"\r\n", b"\n"), flags, internaldate
+
+
+def _uid_set(uids):
+    """RFC 4315 uid-set: ascending runs as a:b."""
+    out, run = [], None
+    for uid in sorted(uids):
+        if run and uid == run[1] + 1:
+            run[1] = uid
+        else:
+            run = [uid, uid]
+            out.append(run)
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in out)
 
 
 def _attributes(attrs):
@@ -274,32 +356,41 @@ class MailboxCommands:
 
     def cmd_LIST(self, tag, reader):
         reader.space()
-        special_only = False
+        selection = set()
         if reader.peek() == b"(":
-            # RFC 5258 selection options; RFC 6154 5.1 (SPECIAL-USE)
-            options = reader.paren_list(lambda: reader.atom("a selection option").upper())
-            special_only = b"SPECIAL-USE" in options
+            # RFC 5258 3.1 selection options; RFC 6154 5.1 (SPECIAL-USE)
+            selection = set(reader.paren_list(lambda: reader.atom("a selection option").upper()))
+            unknown = selection - SELECTION_OPTIONS
+            if unknown:
+                raise BadCommand(f"unknown LIST selection option {min(unknown).decode('ascii', 'replace')}")
+            # RFC 5258 3.1: RECURSIVEMATCH only modifies another option (not REMOTE).
+            if b"RECURSIVEMATCH" in selection and not selection - {b"RECURSIVEMATCH", b"REMOTE"}:
+                raise BadCommand("RECURSIVEMATCH needs another selection option")
             reader.space()
-        ref, pattern = _reference_and_pattern(reader)
+        ref, patterns = _reference_and_patterns(reader)
+        returns = set()
         status_items = None
         if reader.maybe_space():
             if reader.atom("RETURN").upper() != b"RETURN":
                 raise BadCommand("expected RETURN")
             reader.space()
             for name, items in reader.paren_list(lambda: _return_option(reader)):
+                returns.add(name)
                 if name == b"STATUS":
                     status_items = items
         reader.end()
         sep = self._sep()
-        if pattern is None:
+        patterns = [p for p in patterns if p is not None]
+        if not patterns:
             self.ok(tag, "LIST completed")  # no mailbox has a name that is not modified UTF-7
             return None
-        if pattern == "":
+        if patterns == [""] and not selection:
             # RFC 3501 6.3.8: the hierarchy delimiter and root name.
             self.untagged(b'LIST (\\Noselect) "' + sep.encode() + b'" ""')
             self.ok(tag, "LIST completed")
             return None
-        return self._list(tag, ref, pattern, b"LIST", special_only, status_items)
+        patterns = [p for p in patterns if p != ""] or [""]
+        return self._list(tag, ref, patterns, b"LIST", selection, returns, status_items)
 
     def cmd_LSUB(self, tag, reader):
         reader.space()
@@ -308,17 +399,27 @@ class MailboxCommands:
         if pattern is None:
             self.ok(tag, "LSUB completed")
             return None
-        return self._list(tag, ref, pattern, b"LSUB", False)
+        return self._list(tag, ref, [pattern], b"LSUB", set(), set())
 
-    def _list(self, tag, ref, pattern, verb, special_only, status_items=None):
+    def _list(self, tag, ref, patterns, verb, selection, returns, status_items=None):
         sep = self._sep()
-        full = canonical_name(ref + pattern if ref.endswith(sep) or not ref else ref + sep + pattern)
-        regex = pattern_regex(full, sep)
+
+        def full_name(pattern):
+            return canonical_name(ref + pattern if ref.endswith(sep) or not ref else ref + sep + pattern)
+
+        fulls = [full_name(p) for p in patterns]
+        regexes = [pattern_regex(f, sep) for f in fulls]
+
+        def matches(name):
+            return any(r.fullmatch(name) for r in regexes)
+
+        subscribed_only = b"SUBSCRIBED" in selection
+        need_subs = verb == b"LSUB" or subscribed_only or b"SUBSCRIBED" in returns
         d = defer.maybeDeferred(self.account.folders)
-        if verb == b"LSUB":
+        if need_subs:
             d.addCallback(
                 lambda folders: defer.maybeDeferred(self.account.subscriptions).addCallback(
-                    lambda subs: (folders, subs)
+                    lambda subs: (folders, {canonical_name(s) for s in subs})
                 )
             )
         else:
@@ -327,30 +428,52 @@ class MailboxCommands:
         def matching(result):
             folders, subs = result
             attrs_of = {canonical_name(n): a for n, a in folders}
-            names = sorted(attrs_of) if subs is None else sorted({canonical_name(s) for s in subs})
-            parents = _unsubscribed_parents(names, sep, regex) if subs is not None and "%" in full else set()
-            found = []
-            for name in sorted(set(names) | parents):
-                if not regex.fullmatch(name):
+            if verb == b"LSUB":
+                return self._lsub_matches(attrs_of, subs, fulls, matches, sep)
+            if subscribed_only:
+                names = set(subs)
+            else:
+                names = set(attrs_of)
+            special_only = b"SPECIAL-USE" in selection
+            found = {}
+            for name in names:
+                if not matches(name):
                     continue
-                attrs = set(attrs_of.get(name, ()))
-                if special_only and not attrs & {"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged"}:
+                if name in attrs_of:
+                    attrs = set(attrs_of[name])
+                else:
+                    # RFC 5258 3.4: subscribed but gone.
+                    attrs = {"\\NonExistent"}
+                if special_only and not attrs & SPECIAL_USE:
                     continue
-                if verb == b"LSUB":
-                    if name in parents or name not in attrs_of:
-                        attrs = {"\\Noselect"}
-                    else:
-                        attrs = {a for a in attrs if a in ("\\Noselect",)}
-                found.append((name, attrs, None))
+                if subs is not None and name in subs:
+                    attrs.add("\\Subscribed")
+                found[name] = (attrs, None)
+            if subscribed_only and b"RECURSIVEMATCH" in selection:
+                # RFC 5258 3.5: a matching mailbox that is not selected itself
+                # but has a subscribed descendant no pattern returns gets
+                # CHILDINFO ("SUBSCRIBED").
+                candidates = set(attrs_of)
+                for s in subs:
+                    parts = s.split(sep)
+                    candidates.update(sep.join(parts[:i]) for i in range(1, len(parts)))
+                for name in candidates:
+                    if name in found or not matches(name):
+                        continue
+                    prefix = name + sep
+                    if any(s.startswith(prefix) and not matches(s) for s in subs):
+                        attrs = set(attrs_of[name]) if name in attrs_of else {"\\NonExistent"}
+                        found[name] = (attrs, b' (CHILDINFO ("SUBSCRIBED"))')
+            listed = [(name, attrs, extra) for name, (attrs, extra) in sorted(found.items())]
             if status_items is None:
-                return found
-            return self._with_status(found, status_items)
+                return [(name, attrs, None, extra) for name, attrs, extra in listed]
+            return self._with_status(listed, status_items)
 
         def answer(found):
             out = []
-            for name, attrs, status in found:
+            for name, attrs, status, extra in found:
                 out.append(
-                    b"* " + verb + b" " + _attributes(attrs) + b' "' + sep.encode() + b'" ' + encode_mailbox(name) + b"\r\n"
+                    b"* " + verb + b" " + _attributes(attrs) + b' "' + sep.encode() + b'" ' + encode_mailbox(name) + (extra or b"") + b"\r\n"
                 )
                 if status is not None:
                     out.append(b"* " + status + b"\r\n")
@@ -358,6 +481,23 @@ class MailboxCommands:
             self.ok(tag, verb.decode() + " completed")
 
         return d.addCallback(matching).addCallback(answer)
+
+    def _lsub_matches(self, attrs_of, subs, fulls, matches, sep):
+        names = sorted(subs)
+        parents = set()
+        for full, regex in zip(fulls, (pattern_regex(f, sep) for f in fulls)):
+            if "%" in full:
+                parents |= _unsubscribed_parents(names, sep, regex)
+        found = []
+        for name in sorted(set(names) | parents):
+            if not matches(name):
+                continue
+            if name in parents or name not in attrs_of:
+                attrs = {"\\Noselect"}
+            else:
+                attrs = {a for a in attrs_of[name] if a in ("\\Noselect",)}
+            found.append((name, attrs, None, None))
+        return found
 
     @defer.inlineCallbacks
     def _with_status(self, found, items):
@@ -368,7 +508,7 @@ class MailboxCommands:
         listed without it.
         """
         out = []
-        for name, attrs, _ in found:
+        for name, attrs, extra in found:
             status = None
             if not attrs & {"\\Noselect", "\\NonExistent"}:
                 try:
@@ -379,7 +519,7 @@ class MailboxCommands:
                     attrs = attrs | {"\\Noselect"}
                 except Exception:
                     log.failure("STATUS of {name} for LIST", name=name)
-            out.append((name, attrs, status))
+            out.append((name, attrs, status, extra))
         return out
 
     # --- STATUS (RFC 3501 6.3.10) ------------------------------------------
@@ -406,36 +546,27 @@ class MailboxCommands:
 
         return d.addCallback(got).addCallbacks(answer, missing)
 
-    # --- APPEND (RFC 3501 6.3.11; RFC 4315 APPENDUID) ----------------------
+    # --- APPEND (RFC 3501 6.3.11; RFC 4315 APPENDUID; RFC 3502 MULTIAPPEND) ----
 
     def cmd_APPEND(self, tag, reader):
         reader.space()
         name = canonical_name(reader.mailbox())
         reader.space()
-        flags = []
-        internaldate = None
-        # RFC 3501 6.3.11: the flag list and the date are both optional
-        # (Twisted's APPEND fails without flags).
-        if reader.peek() == b"(":
-            flags = reader.paren_list(reader.flag)
-            reader.space()
-        if reader.peek() == b'"':
-            internaldate = parse_date_time(reader.string())
-            reader.space()
-        message = reader.string("the message literal")
+        # RFC 3502 3: one or more messages, each with its own flags and date;
+        # all are read and checked before the first is stored.
+        messages = [_append_message(reader)]
+        while reader.maybe_space():
+            messages.append(_append_message(reader))
         reader.end()
-        flags = [f for f in flags if f.lower() != "\\recent"]
-        # The store keeps LF line ends (IMessageSource); FETCH gives CRLF back.
-        data = message.replace(b"\r\n", b"\n")
         d = defer.maybeDeferred(self.account.folder, name)
 
         def got(folder):
-            added = folder.append(BytesSource(data), flags=flags, internaldate=internaldate, origin=self)
-            return defer.maybeDeferred(lambda: added).addCallback(lambda uid: (folder, uid))
+            return self._append_all(folder, messages).addCallback(lambda uids: (folder, uids))
 
         def done(result):
-            folder, uid = result
-            self.ok(tag, f"[APPENDUID {folder.uidvalidity} {uid}] APPEND completed")
+            folder, uids = result
+            # RFC 4315 3: APPENDUID with the UID set of all the messages.
+            self.ok(tag, f"[APPENDUID {folder.uidvalidity} {_uid_set(uids)}] APPEND completed")
 
         def missing(failure):
             failure.trap(KeyError)
@@ -445,6 +576,29 @@ class MailboxCommands:
             self.no(tag, "[TRYCREATE] no such mailbox")
 
         return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r else None)
+
+    @defer.inlineCallbacks
+    def _append_all(self, folder, messages):
+        """
+        RFC 3502 6: all the messages or none. When one cannot be stored, the
+        ones already stored are expunged again and the failure goes on.
+        """
+        uids = []
+        try:
+            for data, flags, internaldate in messages:
+                uid = yield defer.maybeDeferred(
+                    folder.append, BytesSource(data), flags=flags, internaldate=internaldate, origin=self
+                )
+                uids.append(uid)
+        except BaseException:
+            if uids:
+                try:
+                    yield defer.maybeDeferred(folder.store_flags, uids, frozenset(["\\Deleted"]), "+", self)
+                    yield defer.maybeDeferred(folder.expunge, uids, self)
+                except Exception:
+                    log.failure("MULTIAPPEND: could not take back UIDs {uids}", uids=uids)
+            raise
+        return uids
 
     # --- NAMESPACE (RFC 2342), ENABLE (RFC 5161) ------------------------------
 

@@ -12,7 +12,7 @@ every message in memory.
 
 from twisted.internet import defer, reactor, task, threads
 
-from mailplat.imap import fetch
+from mailplat.imap import esearch, fetch
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
 from mailplat.interfaces import IBatchOpen
@@ -231,22 +231,47 @@ class MessageCommands:
 
     def cmd_SEARCH(self, tag, reader, uid=False):
         reader.space()
-        charset = None
-        if reader.text[reader.pos : reader.pos + 8].upper() == b"CHARSET ":
-            reader.pos += 8
-            charset = reader.astring("a charset").decode("ascii", "replace").upper()
+        # RFC 4731 3.1: search = "SEARCH" [search-return-opts] [SP "CHARSET" ...] ...
+        ret = esearch.parse_return(reader)
+        if ret is not None:
             reader.space()
-        if charset is not None and charset not in CHARSETS:
-            return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
-        query = Query(reader, charset)
-        reader.end()
+        try:
+            charset = None
+            if reader.text[reader.pos : reader.pos + 8].upper() == b"CHARSET ":
+                reader.pos += 8
+                charset = reader.astring("a charset").decode("ascii", "replace").upper()
+                reader.space()
+            if charset is not None and charset not in CHARSETS:
+                self._forget_saved(ret)
+                return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
+            query = Query(reader, charset)
+            reader.end()
+        except BadCommand:
+            self._forget_saved(ret)
+            raise
 
         def answer(found):
-            numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
-            self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
+            if ret is not None:
+                self._esearch(tag, uid, found, ret)
+            else:
+                numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
+                self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
             self.ok(tag, "SEARCH completed")
 
         return self._search(query).addCallback(answer)
+
+    def _esearch(self, tag, uid, found, ret):
+        """RFC 4731 3.1 / RFC 5267 3: one ESEARCH line; RFC 5182 2.1: SAVE sets `$`."""
+        line, saved = esearch.answer(tag, uid, found, ret)
+        if ret.save:
+            self.selected.saved = saved
+        if line is not None:
+            self.untagged(line)
+
+    def _forget_saved(self, ret):
+        # RFC 5182 2.1: a SEARCH with SAVE that fails leaves `$` empty.
+        if ret is not None and ret.save and self.selected is not None:
+            self.selected.saved = frozenset()
 
     def _search(self, query):
         """
@@ -254,6 +279,7 @@ class MessageCommands:
         Contexts in sequence order (also for SORT and THREAD, RFC 5256 3).
         """
         sel = self.selected
+        query.saved = sel.saved
         largest_seq = len(sel.uids)
         largest_uid = sel.uids[-1] if sel.uids else 0
         contexts = []
@@ -320,7 +346,13 @@ class MessageCommands:
                 seen.update(unseen)
                 d = defer.maybeDeferred(sel.folder.store_flags, unseen, frozenset(["\\Seen"]), "+", self)
         d.addCallback(lambda _: self._fetch_batches(tag, sel, targets, items, seen))
+        d.addErrback(self._unknown_cte, tag)
         return d
+
+    def _unknown_cte(self, failure, tag):
+        # RFC 3516 4.3: a BINARY section we cannot decode fails the FETCH.
+        failure.trap(fetch.UnknownCTE)
+        self.no(tag, "[UNKNOWN-CTE] cannot decode the part's Content-Transfer-Encoding")
 
     def _fetch_batches(self, tag, sel, targets, items, seen):
         needs_file = any(i.needs_file for i in items)
@@ -443,7 +475,7 @@ class MessageCommands:
                 parts.append(b"BODY " + _wire(body))
             else:
                 data = sections.get(n, b"")
-                parts.append(item.label() + b" {%d}\r\n" % len(data) + data)
+                parts.append(item.wire(data))
         if seen_now and flags is None:
             # RFC 3501 6.4.5: an implicit \Seen is reported with the data.
             flags = sel.flags_of(u, info) | SEEN

@@ -8,6 +8,8 @@ case included, so HEADER.FIELDS is byte-exact and 8-bit headers pass
 through untouched.
 """
 
+import base64
+import binascii
 import re
 
 from mailplat.imap import address
@@ -350,3 +352,105 @@ def header_subset(part, names, negate):
     wanted = {n.lower() for n in names}
     out = [raw for name, raw in part.fields() if (name in wanted) != negate and name]
     return b"".join(out) + b"\r\n"
+
+
+# --- content-transfer-encodings (RFC 3516 BINARY, RFC 2045 6) ----------------
+
+IDENTITY_CTES = ("7bit", "8bit", "binary")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+class UnknownCTE(Exception):
+    """RFC 3516 4.3: a Content-Transfer-Encoding the server cannot decode."""
+
+
+def transfer_encoding(part):
+    return (part.get("content-transfer-encoding") or "7bit").strip().lower()
+
+
+def decoded_body(part):
+    """
+    RFC 3516 4.2: a leaf part's body with its transfer encoding removed.
+    Multiparts and attached messages are never encoded (RFC 2045 6.4), so
+    they come back as they are.
+    """
+    body = part.text
+    if part.ctype[0] == "multipart" or part.ctype == ("message", "rfc822"):
+        return body
+    cte = transfer_encoding(part)
+    if cte in IDENTITY_CTES:
+        return body
+    if cte == "base64":
+        return decode_base64(body)
+    if cte == "quoted-printable":
+        return decode_qp(body)
+    raise UnknownCTE(cte)
+
+
+def decode_base64(body):
+    """RFC 2045 6.8: characters outside the alphabet are ignored; so is a broken tail."""
+    clean = _NOT_BASE64.sub(b"", body.partition(b"=")[0])
+    clean = clean[: len(clean) - len(clean) % 4 if len(clean) % 4 == 1 else len(clean)]
+    try:
+        return base64.b64decode(clean + b"=" * (-len(clean) % 4))
+    except binascii.Error:
+        return b""
+
+
+def decode_qp(body):
+    """
+    RFC 2045 6.7: trailing white space of a line is dropped, "=" at its end
+    (white space after it allowed) is a soft break, =XX an octet; any other
+    "=" is kept as it is (the robust reading the RFC recommends).
+    """
+    out = []
+    lines = body.split(b"\r\n")
+    for i, line in enumerate(lines):
+        line = line.rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line))
+        if not soft and i < len(lines) - 1:
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
+def base64_lines(data):
+    """Base64 in lines of 76 characters with CRLF (RFC 2045 6.8)."""
+    text = base64.b64encode(data)
+    return b"".join(text[i : i + 76] + b"\r\n" for i in range(0, len(text), 76))
+
+
+def without_nul(data):
+    """
+    RFC 3516 4.4: a message APPENDed as a literal8 may hold NUL, which no
+    BODY[] answer may carry (RFC 3501 4.3): every leaf part whose body has
+    one is stored base64-encoded instead, so BODY[] shows it encoded and
+    BINARY[] gives the octets back. `data` is CRLF text; so is the result.
+    """
+    top = Part(data, 0, len(data))
+    edits = []
+
+    def walk(part):
+        if part.children:
+            for child in part.children:
+                walk(child)
+        elif b"\0" in data[part.body : part.end]:
+            edits.append(part)
+
+    walk(top)
+    out, pos = [], 0
+    for part in sorted(edits, key=lambda p: p.start):
+        header = b"".join(raw for name, raw in part.fields() if name != b"content-transfer-encoding")
+        body = data[part.body : part.end]
+        tail = b""
+        # The last line break stays outside the encoding: it ends the body
+        # as the line break before a boundary ends a part (RFC 2046 5.1.1).
+        if body.endswith(b"\r\n"):
+            body, tail = body[:-2], b"\r\n"
+        out += [data[pos : part.start], header, b"Content-Transfer-Encoding: base64\r\n\r\n", base64_lines(body), tail]
+        pos = part.end
+    out.append(data[pos:])
+    return b"".join(out)

@@ -199,6 +199,8 @@ class Reader:
     def sequence_set(self):
         """The raw sequence set; resolved by L{parse_sequence_set}."""
         token = self._run(_ATOM_SPECIALS - {ord("*")}, "a sequence set")
+        if token == b"$":
+            return token  # RFC 5182 3: seq-last-command, the saved search result
         if not re.fullmatch(rb"(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*", token):
             raise BadCommand(f"bad sequence set {token.decode('ascii', 'replace')!r}")
         for n in re.findall(rb"\d+", token):

@@ -91,6 +91,7 @@ class Query:
         self.needs_file = False
         self.charset = charset
         self.depth = 0
+        self.saved = frozenset()  # the UIDs `$` stands for (RFC 5182), set by the session
         self.tree = self._keys()
 
     def _keys(self):
@@ -137,7 +138,7 @@ class Query:
             r.close_paren()
             return tree
         c = r.peek()
-        if c.isdigit() or c == b"*":
+        if c.isdigit() or c in (b"*", b"$"):  # RFC 5182 3: `$` is a sequence set
             return ("seq", r.sequence_set())
         key = r.atom("a search key").upper().decode("ascii", "replace")
         if key == "ALL":
@@ -203,6 +204,8 @@ class Query:
             return ctx.recent and "\\Seen" not in ctx.info.flags
         if kind == "old":
             return not ctx.recent
+        if kind in ("seq", "uid") and node[1] == b"$":
+            return ctx.uid in self.saved
         if kind == "seq":
             return in_ranges(ctx.seq, parse_sequence_set(node[1], ctx.largest_seq))
         if kind == "uid":

@@ -51,6 +51,8 @@ MIN_LINE = 33 * 1024
 # All the literals of one command before login: LOGIN's name and password,
 # each at its largest, and far more than an ID (RFC 2971 3.3) needs.
 MAX_LITERALS_BEFORE_LOGIN = 2 * MAX_LITERAL
+# RFC 3502: the messages of one MULTIAPPEND, in all, at most this many message_size.
+MULTIAPPEND_SIZES = 4
 MAX_ERRORS = 50  # consecutive BADs before the server gives up
 
 CAPABILITIES = [
@@ -71,6 +73,12 @@ CAPABILITIES = [
     b"SORT=DISPLAY",  # RFC 5957
     b"THREAD=ORDEREDSUBJECT",  # RFC 5256 4
     b"THREAD=REFERENCES",
+    b"ESEARCH",  # RFC 4731 (L{mailplat.imap.esearch})
+    b"ESORT",  # RFC 5267 3
+    b"SEARCHRES",  # RFC 5182: RETURN (SAVE) and `$`
+    b"BINARY",  # RFC 3516 3: BINARY[], BINARY.SIZE[], APPEND of ~{n}
+    b"MULTIAPPEND",  # RFC 3502 3: several messages in one APPEND, all or none
+    b"LIST-EXTENDED",  # RFC 5258 3: selection and return options, several patterns
 ]
 
 ANY = (UNAUTH, AUTH, SELECTED)
@@ -331,8 +339,13 @@ class MailplatIMAP(
         first = self._segments[0].split(b" ", 3)
         command = first[1].upper() if len(first) > 1 else b""
         if command == b"APPEND":
-            # RFC 7889/4469: an APPEND too big for us is NO [TOOBIG].
-            return self.factory.limits["message_size"], b"NO [TOOBIG] message too big"
+            # RFC 7889/4469: an APPEND too big for us is NO [TOOBIG]. RFC 3502:
+            # one APPEND may carry several messages, together at most
+            # MULTIAPPEND_SIZES of the largest one (self._literal_total counts
+            # the earlier literals of this command).
+            size = self.factory.limits["message_size"]
+            left = MULTIAPPEND_SIZES * size - self._literal_total
+            return max(0, min(size, left)), b"NO [TOOBIG] message too big"
         return MAX_LITERAL, b"BAD literal too big"
 
     def _finish_rejected(self):

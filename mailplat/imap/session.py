@@ -33,7 +33,9 @@ def flags_responses(keywords, readonly):
 
 
 class SelectedFolder:
-    __slots__ = ("folder", "readonly", "uids", "recent", "expunged", "flagged", "known", "unsubscribe", "__weakref__")
+    __slots__ = (
+        "folder", "readonly", "uids", "recent", "expunged", "flagged", "known", "saved", "unsubscribe", "__weakref__"
+    )
 
     def __init__(self, folder, readonly):
         self.folder = folder
@@ -43,6 +45,9 @@ class SelectedFolder:
         self.expunged = set()  # UIDs gone from the folder, not yet reported
         self.flagged = set()  # UIDs whose flags others changed
         self.known = _ALWAYS_KNOWN  # the flags the client was told of in FLAGS
+        # RFC 5182 2.1: the UIDs of the last RETURN (SAVE), `$`; a new
+        # SELECT starts empty, and expunged ones drop out when resolved.
+        self.saved = frozenset()
         self.unsubscribe = None
 
     # --- lookups ---------------------------------------------------------
@@ -85,6 +90,9 @@ class SelectedFolder:
         uids = self.uids
         if not uids:
             return []
+        if token == b"$":
+            # RFC 5182 2.1: `$` is the saved result, in UID and plain commands alike.
+            return [(i + 1, u) for i, u in enumerate(uids) if u in self.saved]
         if uid_mode:
             ranges = parse_sequence_set(token, uids[-1])
             out = set()
@@ -101,8 +109,10 @@ class SelectedFolder:
 
     def bad_sequence(self, token):
         """True when a non-UID set names numbers the view does not have."""
-        if not self.uids and b"*" in token:
-            return False  # `1:*` in an empty mailbox matches nothing
+        if token == b"$" or (not self.uids and b"*" in token):
+            # `$` names only messages that exist (RFC 5182 2.1); `1:*` in an
+            # empty mailbox matches nothing.
+            return False
         ranges = parse_sequence_set(token, len(self.uids) or 1)
         return any(b > len(self.uids) for a, b in ranges)
 

@@ -8,7 +8,7 @@ header keys cached per message (L{mailplat.imap.sortkeys}), so a sort of a
 folder whose keys are cached opens no message.
 """
 
-from mailplat.imap import sortkeys
+from mailplat.imap import esearch, sortkeys
 from mailplat.imap.parser import BadCommand
 from mailplat.imap.search import CHARSETS, Query
 
@@ -92,17 +92,30 @@ def header_keys(session, contexts):
 
 class SortCommands:
     def cmd_SORT(self, tag, reader, uid=False):
-        # RFC 5256 3: SORT sort-criteria SP search-criteria
+        # RFC 5256 3: SORT sort-criteria SP search-criteria; RFC 5267 3:
+        # SORT [sort-return-opts SP] sort-criteria ..., answered with ESEARCH.
         reader.space()
-        criteria = parse_criteria(reader)
-        reader.space()
-        query = search_program(reader)
+        ret = esearch.parse_return(reader)
+        if ret is not None:
+            reader.space()
+        try:
+            criteria = parse_criteria(reader)
+            reader.space()
+            query = search_program(reader)
+        except BadCommand:
+            self._forget_saved(ret)
+            raise
         if query is None:
+            self._forget_saved(ret)
             return self.no(tag, BADCHARSET)
 
         def answer(found, keys):
-            numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in ordered(found, criteria, keys))
-            self.untagged(b"SORT" + (b" " + numbers if numbers else b""))
+            found = ordered(found, criteria, keys)
+            if ret is not None:
+                self._esearch(tag, uid, found, ret)
+            else:
+                numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
+                self.untagged(b"SORT" + (b" " + numbers if numbers else b""))
             self.ok(tag, "SORT completed")
 
         def matched(found):

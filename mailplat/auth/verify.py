@@ -182,7 +182,7 @@ class Verifier:
             # (the answer waits in `lookups` for dmarc.evaluate).
             lookups.txt(f"_dmarc.{domain}").addErrback(lambda _: None)
         spf_d = spf.check(lookups, envelope.client_address, sender, envelope.helo, self.hostname)
-        dkim_d = dkim_verify.verify(lookups, head, lambda: _read_all(_original(source)))
+        dkim_d = dkim_verify.verify(lookups, head, lambda: _read_all(_original(source)), size=_original(source).size)
         arc_d = arc_verify.verify(lookups, head, lambda: _read_all(_original(source)))
         checks = defer.gatherResults([spf_d, dkim_d], consumeErrors=True)
         try:

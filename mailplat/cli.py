@@ -8,8 +8,12 @@
     mailplat [--config FILE] sql-schema [--dialect sqlite|postgresql]
     mailplat [--config FILE] queue list|flush
     mailplat [--config FILE] queue delete|bounce ID
+    mailplat [--config FILE] lockout list
+    mailplat [--config FILE] lockout clear ADDRESS|NETWORK
     mailplat [--config FILE] dkim keygen DOMAIN [--selector S] [--algorithm rsa|ed25519]
     mailplat [--config FILE] dkim list
+    mailplat [--config FILE] dns-records DOMAIN [--address IP]... [--mta-sts-mode testing|enforce] [--mta-sts-policy]
+    mailplat [--config FILE] dns-check DOMAIN [--address IP]...
 
 Passwords come from a prompt, or from standard input when it is not a
 terminal (one line), and are stored hashed with ARGON2ID.
@@ -235,6 +239,35 @@ def cmd_queue(config, args):
     return 0 if ok else 1
 
 
+def cmd_lockout(config, args):
+    """Failed-login lockouts of the running server: list, clear (docs/operating.md)."""
+    from mailplat import control
+
+    try:
+        if args.action == "list":
+            ok, message, rows = control.ask(config.state_dir, "lockout.list")
+        else:
+            ok, message, rows = control.ask(config.state_dir, "lockout.clear", address=args.address)
+    except control.NotRunning as e:
+        print(f"mailplat: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mailplat: cannot reach the server on {control.socket_path(config.state_dir)}: {e}", file=sys.stderr)
+        return 1
+    if not ok:
+        print(f"mailplat: {message}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        if rows:
+            print(f"{'ADDRESS':<40} {'FAILURES':>8}  {'STATE':<7} {'FREE IN':>7}  USERS TRIED")
+        for row in rows:
+            state = "locked" if row["locked"] else "failing"
+            failures = f"{row['failures']}/{row['limit']}"
+            print(f"{row['address']:<40} {failures:>8}  {state:<7} {_age(row['seconds']):>7}  {','.join(row['users'])}")
+    print(message)
+    return 0
+
+
 def cmd_dkim(config, args):
     """DKIM keys under state_dir/dkim (docs/authentication.md)."""
     from mailplat.auth.dkim_keys import DKIMKeyError, KeyStore, default_selector
@@ -264,6 +297,53 @@ def cmd_dkim(config, args):
     return 1 if problems else 0
 
 
+def _plan(config, args):
+    from mailplat.auth.dkim_keys import DKIMKeyError
+    from mailplat.auth.records import Plan
+
+    try:
+        return Plan.for_domain(config, args.domain, args.address or (), getattr(args, "mta_sts_mode", "testing"))
+    except (DKIMKeyError, ValueError) as e:
+        raise SystemExit(f"mailplat: {e}")
+
+
+def cmd_dns_records(config, args):
+    """Every DNS record the domain needs, as zone-file lines (docs/authentication.md)."""
+    from mailplat.auth.records import zone_text
+
+    plan = _plan(config, args)
+    print(plan.policy if args.mta_sts_policy else zone_text(plan), end="")
+    return 0
+
+
+def cmd_dns_check(config, args):
+    """Look each record of dns-records up through [dns]; 0 when every required one is right."""
+    from twisted.internet import defer
+
+    from mailplat.auth import records
+    from mailplat.auth.lookups import Lookups
+    from mailplat.dns import SharedResolver
+
+    plan = _plan(config, args)
+    resolver = SharedResolver(config.dns)
+
+    @defer.inlineCallbacks
+    def run():
+        # No query starts after [dns] timeout: a name server that is down costs
+        # about one timeout (a query started just before it may take another).
+        lookups = Lookups(resolver, deadline=resolver.timeout)
+        try:
+            findings = yield records.check(plan, lookups)
+        finally:
+            yield resolver.close()
+        return findings
+
+    findings = _result(run())
+    for line in records.report(plan, findings):
+        print(line)
+    return 0 if records.passed(findings) else 1
+
+
 def parser():
     p = argparse.ArgumentParser(prog="mailplat", description="Administer a mailplat server.")
     p.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
@@ -283,6 +363,11 @@ def parser():
     qactions.add_parser("flush", help="retry every waiting recipient now")
     qactions.add_parser("delete", help="remove a message without a DSN").add_argument("id")
     qactions.add_parser("bounce", help="give up on a message and send a DSN").add_argument("id")
+    lockout = sub.add_parser("lockout", help="failed-login lockouts of the running server: list, clear")
+    lactions = lockout.add_subparsers(dest="action", required=True)
+    lactions.add_parser("list", help="addresses with failed logins: count, locked or not, time until free, users tried")
+    lactions.add_parser("clear", help="forget an address's failed logins (IPv4, IPv6 or a network)").add_argument(
+        "address", metavar="ADDRESS|NETWORK")
     dkim = sub.add_parser("dkim", help="DKIM signing keys: keygen, list")
     dactions = dkim.add_subparsers(dest="action", required=True)
     keygen = dactions.add_parser("keygen", help="make a key and print its DNS TXT record")
@@ -292,6 +377,18 @@ def parser():
                         help="rsa (2048 bits, RFC 6376) or ed25519 (RFC 8463); default rsa")
     keygen.add_argument("--force", action="store_true", help="replace an existing key of that selector")
     dactions.add_parser("list", help="list the keys and whether [dkim] signs with them")
+    for name, text in (("dns-records", "print the DNS records a domain needs, as zone-file lines"),
+                       ("dns-check", "look a domain's records up and say which are missing or wrong")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("domain")
+        command.add_argument("--address", action="append", metavar="IP",
+                             help="the server's public address (IPv4 or IPv6; repeat for both); "
+                                  "default: the [listen] smtp interface when it is a public one")
+    records = sub.choices["dns-records"]
+    records.add_argument("--mta-sts-mode", choices=("testing", "enforce"), default="testing",
+                         help="the MTA-STS policy mode (RFC 8461 5); start with testing")
+    records.add_argument("--mta-sts-policy", action="store_true",
+                         help="print only the MTA-STS policy file (.well-known/mta-sts.txt)")
     return p
 
 
@@ -300,6 +397,8 @@ def main(argv=None):
     try:
         config = configuration.load(args.config)
         handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins, "queue": cmd_queue, "dkim": cmd_dkim,
+                   "lockout": cmd_lockout,
+                   "dns-records": cmd_dns_records, "dns-check": cmd_dns_check,
                    "sql-schema": cmd_sql_schema}[
             args.command
         ]

@@ -52,6 +52,9 @@ local = "maildir"
 
 LISTENERS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s")
 TLS_WRAPPED = ("smtps", "imaps", "pop3s")
+# [listen] keys that serve HTTP, not mail (mailplat.metrics): alone they
+# are no service. Not in the embedded defaults: turned on by the operator.
+WEB_LISTENERS = ("metrics",)
 
 # key -> (type, default); the [limits] table.
 LIMIT_KEYS = {
@@ -67,6 +70,9 @@ LIMIT_KEYS = {
     "auth_failures": (int, 5),
     "auth_failure_window": (int, 600),
     "auth_failure_delay": (int, 1),  # seconds added to each failed login's answer; 0 is allowed
+    # addresses and CIDRs never locked out or tarpitted (a local webmail);
+    # read as a tuple of ipaddress networks (docs/security.md)
+    "trusted_networks": (list, []),
 }
 
 
@@ -290,7 +296,7 @@ def _build(data, source, cwd):
             raise ConfigError(source, *unknown("", name, KNOWN_TABLES, what))
     for name, known in (("server", SERVER_KEYS), ("domains", DOMAINS_KEYS), ("tls", TLS_KEYS),
                         ("aliases", ALIASES_KEYS), ("smtp", SMTP_KEYS), ("log", LOG_KEYS),
-                        ("limits", tuple(LIMIT_KEYS)), ("listen", LISTENERS)):
+                        ("limits", tuple(LIMIT_KEYS)), ("listen", LISTENERS + WEB_LISTENERS)):
         check_keys(source, name, _table(source, data, name), known)
     log_format = _expect(source, _table(source, data, "log"), "format", "log", str, default="text")
     if log_format not in LOG_FORMATS:
@@ -346,6 +352,9 @@ def _build(data, source, cwd):
     limits = {}
     for name, (typ, default) in LIMIT_KEYS.items():
         value = _expect(source, limits_table, name, "limits", typ, default=default)
+        if name == "trusted_networks":
+            limits[name] = _networks(source, f"limits.{name}", value)
+            continue
         if value < 0 or (value == 0 and name != "auth_failure_delay"):
             raise ConfigError(source, f"limits.{name}", f"must be positive, not {value}")
         limits[name] = value
@@ -386,7 +395,7 @@ def require_service(config):
     Refuse to run a server that would listen on nothing (start-up and
     check-config; the admin commands work on such a config).
     """
-    if not config.listen:
+    if not any(name not in WEB_LISTENERS for name in config.listen):
         raise ConfigError(
             config.source, "listen", f"no service is turned on; set at least one of {', '.join(LISTENERS)}"
         )
@@ -399,6 +408,19 @@ def _hostport(source, key, text, default_port=None):
         return split_hostport(text, default_port)
     except ValueError as e:
         raise ConfigError(source, key, str(e))
+
+
+def _networks(source, key, values):
+    """A list of addresses and CIDRs (IPv4, IPv6) as a tuple of ip_networks."""
+    from mailplat.throttle import network
+
+    out = []
+    for value in values:
+        try:
+            out.append(network(value))
+        except ValueError as e:
+            raise ConfigError(source, key, f"{e}; write an address (192.0.2.7, 2001:db8::7) or a network (192.0.2.0/24)")
+    return tuple(out)
 
 
 def _relay(source, data, cwd):

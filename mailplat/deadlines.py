@@ -16,6 +16,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from mailplat import oplog
+from mailplat.metrics import service_of
+
 log = Logger()
 
 # Seconds a polite close may take (our last reply flushed) before the
@@ -47,9 +50,13 @@ class HandshakeDeadline:
 
     def _handshake_expired(self):
         self._handshake_call = None
-        peer = getattr(self, "_peer", None)
-        log.info("TLS handshake from {peer} not finished in time; connection aborted", peer=peer)
+        self._log_tls_failed("timeout", "handshake not finished in time; connection aborted")
         self.transport.abortConnection()
+
+    def _log_tls_failed(self, cause, reason):
+        """One `tls-failed` line (docs/operating.md); counted by mailplat.metrics."""
+        peer = getattr(self, "_peer", None)
+        oplog.emit("tls-failed", service=service_of(self), client=oplog.client(peer), cause=cause, reason=reason)
 
     def close_connection(self, grace=CLOSE_GRACE, clock=reactor):
         """loseConnection, then abort after `grace` if the peer holds it open."""
@@ -63,11 +70,24 @@ class HandshakeDeadline:
             self._handshake_call.cancel()
         self._handshake_call = None
 
-    def cancel_deadlines(self):
+    def cancel_deadlines(self, reason=None):
+        """In connectionLost, with its reason: a TLS error before the handshake ended is logged."""
+        if reason is not None and not self.handshake_done and self._handshake_call is not None:
+            error = reason.check(SSL.Error)
+            if error is not None:
+                self._log_tls_failed("error", _ssl_reason(reason.value))
         self._cancel_handshake()
         if self._close_call is not None and self._close_call.active():
             self._close_call.cancel()
         self._close_call = None
+
+
+def _ssl_reason(error):
+    """OpenSSL's reason for a failed handshake ("wrong version number"), else the error's text."""
+    try:
+        return "; ".join(str(e[2]) for e in error.args[0]) or str(error)
+    except (IndexError, TypeError, KeyError):
+        return str(error) or type(error).__name__
 
 
 def close_after_close_notify(transport):

@@ -10,10 +10,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mailplat import control as control_channel
 from mailplat import oplog, plugin, tls
 from mailplat.auth.dkim_sign import DKIMSigner, SigningDelivery
 from mailplat.auth.verify import Verifier, VerifyingDelivery
-from mailplat.config import TLS_WRAPPED, ConfigError, require_service
+from mailplat.config import TLS_WRAPPED, WEB_LISTENERS, ConfigError, require_service
 from mailplat.delivery.addresses import AddressResolver
 from mailplat.delivery.aliases import AliasesFile, AliasSources
 from mailplat.delivery.fanout import FanOutDelivery
@@ -84,10 +85,12 @@ class ServerService(service.MultiService):
     # application for an ILogObserver component before its own options).
     log_observer = None
 
-    def __init__(self, backends):
+    def __init__(self, backends, control=None):
         service.MultiService.__init__(self)
         self.backends = backends
-        self.runners = [s for s in (backends.relay,) if s is not None]
+        # The control socket (mailplat.control) for `mailplat lockout|queue`.
+        self.control = control
+        self.runners = [s for s in (backends.relay, control) if s is not None]
 
     def setServiceParent(self, parent):
         if self.log_observer is not None and hasattr(parent, "setComponent"):
@@ -176,12 +179,29 @@ def make_service(config, bound=None):
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }
-    top = ServerService(backends)
+    # [listen] metrics: the counters and gauges of this server, with its own
+    # registry; the protocol factories' sessions are counted for it.
+    metrics = None
+    if "metrics" in config.listen:
+        from mailplat.metrics import PROTOCOLS, ServerMetrics
+
+        metrics = ServerMetrics(config.listen, relay)
+        makers["metrics"] = metrics.site
+    control = control_channel.ControlService(config.state_dir)
+    _add_lockout_actions(control, throttle)
+    if relay is not None:
+        _add_queue_actions(control, relay)
+    top = ServerService(backends, control)
+    top.metrics = metrics
+    if metrics is not None:
+        top.runners.append(metrics)
     for name, endpoint in config.listen.items():
         if name not in makers:
             log.warn("[listen] {name}: not available in this version; not started", name=name)
             continue
         factory = makers[name]()
+        if metrics is not None and name in PROTOCOLS:
+            metrics.track(factory, name)
         if name in TLS_WRAPPED:
             factory = TLSMemoryBIOFactory(context, False, factory)
         if bound is not None and name in bound:
@@ -199,10 +219,48 @@ def make_service(config, bound=None):
     return top
 
 
+def _add_lockout_actions(control, throttle):
+    """`mailplat lockout list|clear` (docs/operating.md)."""
+
+    def listing():
+        rows = throttle.report()
+        return f"{len(rows)} address(es) with failed logins", rows
+
+    def clear(address=""):
+        try:
+            cleared = throttle.clear(address)
+        except ValueError as e:
+            raise control_channel.ActionError(str(e))
+        if not cleared:
+            raise control_channel.ActionError(f"no failed logins recorded from {address}")
+        return f"cleared {', '.join(cleared)}", cleared
+
+    control.add("lockout.list", listing)
+    control.add("lockout.clear", clear)
+
+
+def _add_queue_actions(control, relay):
+    """`mailplat queue flush|delete|bounce`, answered at once rather than at the next poll."""
+
+    def queue_action(method):
+        def run(id=""):
+            try:
+                return method(id), None
+            except KeyError as e:
+                raise control_channel.ActionError(f"no such message in the queue: {e.args[0]}")
+
+        return run
+
+    control.add("queue.flush", lambda id="": (relay.flush(), None))
+    control.add("queue.delete", queue_action(relay.delete))
+    control.add("queue.bounce", queue_action(relay.bounce))
+
+
 def _log_startup(config, backends):
     """The start-up summary: each service and endpoint, the backends, the certificate."""
     for name, endpoint in config.listen.items():
-        oplog.emit("service", name=name, endpoint=endpoint, tls="implicit" if name in TLS_WRAPPED else "starttls")
+        tls_kind = "implicit" if name in TLS_WRAPPED else "none" if name in WEB_LISTENERS else "starttls"
+        oplog.emit("service", name=name, endpoint=endpoint, tls=tls_kind)
     oplog.emit(
         "backends",
         realm=config.realm["backend"],

@@ -7,8 +7,10 @@ the next answer wait longer) and then refused for a while, on every
 protocol at once, since the same address probes them all.
 """
 
+import ipaddress
 import time
 from collections import deque
+from functools import lru_cache
 
 from twisted.internet import defer
 
@@ -25,6 +27,49 @@ def _decrement(counts, key):
         counts.pop(key, None)
     else:
         counts[key] = count
+
+
+@lru_cache(maxsize=4096)
+def canonical(address):
+    """
+    One spelling per client address: IPv6 compressed and lower case, an
+    IPv4-mapped IPv6 address (::ffff:192.0.2.7, a dual-stack listener's view
+    of an IPv4 client) as the IPv4 address. Anything else is kept as given.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def network(text):
+    """
+    An address or a CIDR as an ip_network (host bits must be zero); an
+    IPv4-mapped IPv6 form is taken as the IPv4 one.
+    @raise ValueError: naming what is wrong.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not an address or network: {text!r}")
+    address, slash, prefix = text.strip().partition("/")
+    address = canonical(address)
+    if slash and ":" not in address and ":" in text.partition("/")[0]:
+        # ::ffff:192.0.2.0/120 -> 192.0.2.0/24
+        prefix = str(int(prefix) - 96) if prefix.isdigit() and int(prefix) >= 96 else prefix
+    try:
+        return ipaddress.ip_network(address + (f"/{prefix}" if slash else ""))
+    except ValueError as e:
+        raise ValueError(f"not an address or network: {text!r} ({e})") from None
+
+
+def _in(address, networks):
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
 
 
 class ConnectionLimiter:
@@ -63,9 +108,14 @@ class LoginThrottle:
       L{admit} makes a login over that limit wait for a slot rather than
       be refused, so many good logins at once from one address (a
       webmail, a load test) all get in, a few at a time.
+
+    Addresses in `trusted` (ip_networks; [limits] trusted_networks) are
+    never refused, made to wait or tarpitted; their failures are logged
+    but not counted. Addresses are compared in their L{canonical} form.
     """
 
-    def __init__(self, max_failures=5, window=600, clock=time.monotonic, step=1.0):
+    def __init__(self, max_failures=5, window=600, clock=time.monotonic, step=1.0, trusted=()):
+        self.trusted = tuple(trusted)
         self.max_failures = max_failures
         self.window = window
         self.step = step
@@ -77,9 +127,16 @@ class LoginThrottle:
     @classmethod
     def from_limits(cls, limits):
         """From the [limits] table: auth_failures, auth_failure_window, auth_failure_delay."""
-        return cls(limits["auth_failures"], limits["auth_failure_window"], step=limits.get("auth_failure_delay", 1))
+        return cls(
+            limits["auth_failures"], limits["auth_failure_window"], step=limits.get("auth_failure_delay", 1),
+            trusted=limits.get("trusted_networks", ()),
+        )
+
+    def is_trusted(self, address):
+        return bool(self.trusted) and _in(canonical(address), self.trusted)
 
     def _recent(self, address):
+        address = canonical(address)
         now = self._clock()
         times = [f for f in self._failures.get(address, ()) if now - f[0] < self.window]
         if times:
@@ -89,11 +146,16 @@ class LoginThrottle:
         return times
 
     def blocked(self, address):
+        address = canonical(address)
+        if self.is_trusted(address):
+            return False
         used = len(self._recent(address)) + self._pending.get(address, 0)
         return used >= self.max_failures
 
     def delay(self, address):
         """Seconds to wait before answering a failed attempt."""
+        if self.is_trusted(address):
+            return 0
         return min(len(self._recent(address)), self.max_failures) * self.step
 
     def begin(self, address, username=None, protocol=None):
@@ -102,6 +164,7 @@ class LoginThrottle:
         failed() or abandoned(); None when the address is refused (the
         password must then not be checked at all).
         """
+        address = canonical(address)
         if self.blocked(address):
             return None
         self._pending[address] = self._pending.get(address, 0) + 1
@@ -114,6 +177,7 @@ class LoginThrottle:
         Fires with None when the address is refused for its failures.
         `protocol` (smtp, imap, pop3) is for the log lines.
         """
+        address = canonical(address)
         if len(self._recent(address)) >= self.max_failures:
             self._log_refused(address, username, protocol)
             return defer.succeed(None)
@@ -151,6 +215,9 @@ class LoginThrottle:
             self._waiting.pop(address, None)
 
     def failed(self, address, username=None):
+        address = canonical(address)
+        if self.is_trusted(address):
+            return  # logged by the attempt, never counted
         self._recent(address)
         self._failures.setdefault(address, []).append((self._clock(), username))
         if len(self._failures[address]) == self.max_failures:
@@ -165,11 +232,58 @@ class LoginThrottle:
 
     def succeeded(self, address, username=None):
         """Forget this user name's failures from the address, and only those."""
+        address = canonical(address)
         kept = [f for f in self._recent(address) if f[1] != username]
         if kept:
             self._failures[address] = kept
         else:
             self._failures.pop(address, None)
+
+
+    # --- administration (`mailplat lockout`, over mailplat.control) ---------
+
+    def report(self):
+        """
+        Every address with failures in the window, most failures first:
+        [{address, failures, locked, seconds, users}], `seconds` being the
+        time until a locked address is admitted again, or until an
+        unlocked one's failures are forgotten.
+        """
+        now = self._clock()
+        rows = []
+        for address in list(self._failures):
+            recent = self._recent(address)
+            if not recent:
+                continue
+            times = sorted(t for t, _ in recent)
+            locked = len(times) >= self.max_failures
+            # Locked until enough failures age out to leave one free slot.
+            until = times[len(times) - self.max_failures] if locked else times[-1]
+            users = []
+            for _, user in recent:
+                name = _name(user) or "-"
+                if name not in users:
+                    users.append(name)
+            rows.append(dict(
+                address=address, failures=len(times), limit=self.max_failures, locked=locked,
+                seconds=max(0, round(until + self.window - now)), users=users,
+            ))
+        rows.sort(key=lambda r: (not r["locked"], -r["failures"], r["address"]))
+        return rows
+
+    def clear(self, where):
+        """
+        Forget the failures of an address, or of every address in a
+        network (an ip_network or its text); waiting logins go ahead.
+        @return: the addresses cleared, [] when none had failures.
+        """
+        net = where if isinstance(where, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else network(where)
+        cleared = [a for a in list(self._failures) if _in(a, (net,))]
+        for address in cleared:
+            del self._failures[address]
+            oplog.emit("lockout-cleared", client=oplog.client(address))
+            self._wake(address)
+        return sorted(cleared)
 
 
 def _reason(failure):
@@ -188,7 +302,7 @@ class LoginAttempt:
 
     def __init__(self, throttle, address, username, protocol=None):
         self._throttle = throttle
-        self.address = address
+        self.address = canonical(address)
         self.username = username
         self.protocol = protocol
         self._open = True
@@ -203,12 +317,20 @@ class LoginAttempt:
             self._throttle._release(self.address)
 
     def succeeded(self):
+        if self._open:
+            # One `login` line per login (docs/operating.md), as Dovecot writes; mailplat.metrics counts it.
+            oplog.emit("login", protocol=self.protocol, client=oplog.client(self.address), user=_name(self.username))
         self._end(self._throttle.succeeded)
 
     def failed(self):
         """Record the failure (and log it); returns the delay to apply to the answer."""
         delay = self._throttle.delay(self.address)
-        if self._open:
+        if self._open and self._throttle.is_trusted(self.address):
+            oplog.emit(
+                "login-failed", protocol=self.protocol, client=oplog.client(self.address), user=_name(self.username),
+                reason="bad credentials", failures="trusted",
+            )
+        elif self._open:
             failures = len(self._throttle._recent(self.address)) + 1
             oplog.emit(
                 "login-failed", protocol=self.protocol, client=oplog.client(self.address), user=_name(self.username),

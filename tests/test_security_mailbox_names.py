@@ -95,6 +95,8 @@ def snapshot(top, skip):
             path = os.path.join(directory, f)
             if os.path.islink(path):
                 out[path] = "link " + os.readlink(path)
+            elif not os.path.isfile(path):
+                out[path] = "special"  # the server's control socket (state_dir/control.sock)
             else:
                 with open(path, "rb") as fh:
                     out[path] = hashlib.sha256(fh.read()).hexdigest()

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
 
+from mailplat import metrics
 from mailplat.backpressure import ANSWERING, Flow
 from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.imap.auth import AuthCommands
@@ -187,14 +188,16 @@ class MailplatIMAP(
             self.close_connection()
             return
         self._counted = True
+        metrics.session_opened(self)
         self.setTimeout(self.timeOut)
         self.write(b"* OK [CAPABILITY " + b" ".join(self.capability_list()) + b"] " + self.IDENT + b"\r\n")
 
     def connectionLost(self, reason):
         self._closed = True
         self.setTimeout(None)
-        self.cancel_deadlines()
+        self.cancel_deadlines(reason)
         self._deadline.stop()
+        metrics.session_closed(self)
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import pop3
 
+from mailplat import metrics
 from mailplat.backpressure import ANSWERING, Flow
 from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.interfaces import TemporaryFailure
@@ -131,13 +132,15 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
             self.close_connection()
             return
         self._counted = True
+        metrics.session_opened(self)
         self.successResponse(b"mailplat POP3 ready")
         self.setTimeout(self.timeOut)
 
     def connectionLost(self, reason):
         self._closed = True
-        self.cancel_deadlines()
+        self.cancel_deadlines(reason)
         self._deadline.stop()
+        metrics.session_closed(self)
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False

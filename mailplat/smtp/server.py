@@ -18,6 +18,7 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 
+from mailplat import metrics
 from mailplat.backpressure import ANSWERING, Flow
 from mailplat.checks import run_stage
 from mailplat.deadlines import HandshakeDeadline, InputDeadline
@@ -87,6 +88,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
             self.close_connection()
             return
         self._counted = True
+        metrics.session_opened(self)
         self.setTimeout(self.timeout)
         self._check_session = CheckSession(self._peer, policy=self.policy, secure=self.secure)
         # Input waits for the connect checks (none: they answer at once).
@@ -118,8 +120,9 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
 
     def connectionLost(self, reason):
         self.setTimeout(None)
-        self.cancel_deadlines()
+        self.cancel_deadlines(reason)
         self._deadline.stop()
+        metrics.session_closed(self)
         if self._counted:
             self.factory.connections.release(self._peer)
             self._counted = False

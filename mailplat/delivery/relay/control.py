@@ -8,6 +8,10 @@ the lock is held, a command is a file <state_dir>/queue/control/<id>.cmd
 polls that folder every second, runs the command and answers in <id>.done.
 When no server runs, delete and flush act on the spool directly; bounce
 needs the server (it sends a DSN through the queue).
+
+While the server runs, the CLI asks it on the control socket first
+(L{mailplat.control}: answered at once); the command files are the way
+when no socket answers.
 """
 
 import fcntl
@@ -64,6 +68,7 @@ def run_commands(directory, actions):
 
 class QueueControl:
     def __init__(self, state_dir):
+        self.state_dir = state_dir
         self.spool = Spool(os.path.join(state_dir, "queue"))
 
     def records(self):
@@ -99,6 +104,15 @@ class QueueControl:
             os.close(fd)
 
     def _send(self, action, queue_id, wait):
+        from mailplat import control
+
+        try:
+            ok, message, _ = control.ask(self.state_dir, f"queue.{action}", timeout=wait, id=queue_id or "")
+        except (control.NotRunning, OSError):
+            pass  # no socket to ask: the command files below
+        else:
+            if ok or not message.startswith("unknown action"):
+                return ok, message
         self.spool.ensure()
         name = f"{time.time():.6f}-{secrets.token_hex(4)}"
         path = os.path.join(self.spool.control, name)

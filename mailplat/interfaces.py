@@ -444,6 +444,7 @@ class Envelope:
         received_by="",
         folder=None,
         require_tls=False,
+        received_at=None,
     ):
         self.sender = sender  # str, "" for the null sender <>
         self.helo = helo
@@ -459,9 +460,41 @@ class Envelope:
         # RFC 8689: MAIL FROM had REQUIRETLS; the relay sends such mail only
         # over verified TLS to a next hop that offers REQUIRETLS too.
         self.require_tls = require_tls
+        # time.time() when the message was received (end of DATA): the
+        # `delay` of its `delivered` lines counts from here.
+        self.received_at = received_at
+        # The id of the `accepted` line and the 250 answer (set at MAIL).
+        self.queue_id = None
 
     def __repr__(self):
         return f"<Envelope from={self.sender!r} via={self.protocol}>"
+
+
+class DeliveryOutcome:
+    """
+    One recipient's result of L{IDeliveryTransaction.deliver}, for the
+    fan-out's `delivered` / `delivery-failed` lines (docs/operating.md).
+
+    @param recipient: the final mailbox address (str).
+    @param mailbox: where the copy went: the folder ("INBOX", "Junk") or,
+        for an agent that hands mail on, the server it went to.
+    @param error: None when delivered, else the L{TemporaryFailure} or
+        L{PermanentFailure} this recipient got.
+    """
+
+    __slots__ = ("recipient", "mailbox", "error")
+
+    def __init__(self, recipient, mailbox=None, error=None):
+        self.recipient = recipient
+        self.mailbox = mailbox
+        self.error = error
+
+    @property
+    def delivered(self):
+        return self.error is None
+
+    def __repr__(self):
+        return f"<DeliveryOutcome {self.recipient} {'delivered' if self.delivered else self.error!r}>"
 
 
 class IDeliveryAgent(Interface):
@@ -516,6 +549,12 @@ class IDeliveryTransaction(Interface):
             the client's retry, never a loss).
             A local agent files every copy into C{envelope.folder} when a
             check set one (a store without that folder uses INBOX).
+
+            Optional: an agent that sets C{outcomes} on the transaction, a
+            list of L{DeliveryOutcome} (one per recipient, filled before
+            deliver's Deferred fires or fails), gets one log line per
+            recipient with its mailbox and reason; without it the fan-out
+            logs the transaction's result for every recipient.
         """
 
     def abort():

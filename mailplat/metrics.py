@@ -47,6 +47,14 @@ RELAY_NAMESPACE = "mailplat.delivery.relay.queue"
 # smarthost on the LAN answers in under a second, a retried one in hours.
 RELAY_LATENCY_BUCKETS = (0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
 
+# Seconds from the end of DATA to a local copy on disk (or accepted by the
+# LMTP server), checks included: milliseconds, seconds when a check waits on DNS.
+DELIVERY_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# The `outcome` label of a local or LMTP delivery (the relay's are sent,
+# deferred, bounced): `delivered` lines, and `delivery-failed` lines by their outcome field.
+LOCAL_OUTCOMES = ("delivered", "deferred", "refused")
+
 
 class Sessions(set):
     """The open sessions (protocol instances) of one [listen] key."""
@@ -89,9 +97,10 @@ class ServerMetrics:
 
     @param services: the [listen] keys served (labels start at zero for them).
     @param relay: the relay queue (L{mailplat.delivery.relay.queue.RelayQueue}), or None.
+    @param local_backend: the `[delivery] local` name (its series start at zero).
     """
 
-    def __init__(self, services=(), relay=None, clock=time.time):
+    def __init__(self, services=(), relay=None, clock=time.time, local_backend=None):
         self.relay = relay
         self.clock = clock
         self.sessions = {}  # [listen] key -> Sessions
@@ -116,13 +125,20 @@ class ServerMetrics:
             ["service", "reason"], registry=r,
         )
         self.deliveries = Counter(
-            "mailplat_deliveries", "Delivery attempts per recipient, by backend and outcome (sent, deferred, bounced).",
+            "mailplat_deliveries",
+            "Delivery attempts per recipient, by backend and outcome (relay: sent, deferred, bounced;"
+            " maildir, mbox, lmtp: delivered, deferred, refused).",
             ["backend", "outcome"], registry=r,
         )
         self.relay_latency = Histogram(
             "mailplat_relay_delivery_seconds",
             "Seconds from queueing to a relayed recipient's final answer (sent or bounced).",
             ["outcome"], buckets=RELAY_LATENCY_BUCKETS, registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "mailplat_delivery_seconds",
+            "Seconds from the end of DATA to a local recipient's copy delivered, by backend.",
+            ["backend"], buckets=DELIVERY_LATENCY_BUCKETS, registry=r,
         )
         r.register(_Gauges(self))
         # Series that exist before the first event, so rate() sees a zero.
@@ -133,6 +149,10 @@ class ServerMetrics:
             if protocol is not None:
                 self.logins.labels(protocol, "ok")
                 self.logins.labels(protocol, "failed")
+        if local_backend is not None:
+            for outcome in LOCAL_OUTCOMES:
+                self.deliveries.labels(local_backend, outcome)
+            self.delivery_latency.labels(local_backend)
         if relay is not None:
             for outcome in ("sent", "deferred", "bounced"):
                 self.deliveries.labels("relay", outcome)
@@ -183,6 +203,13 @@ class ServerMetrics:
             self.logins.labels(_label(fields.get("protocol")), "tempfail").inc()
         elif what == "lockout":
             self.lockouts.inc()
+        elif what == "delivered":
+            backend = _label(fields.get("backend"))
+            self.deliveries.labels(backend, "delivered").inc()
+            if fields.get("delay") is not None:
+                self.delivery_latency.labels(backend).observe(float(fields["delay"]))
+        elif what == "delivery-failed":
+            self.deliveries.labels(_label(fields.get("backend")), _label(fields.get("outcome"))).inc()
         elif what == "tls-failed":
             self.tls_failures.labels(_label(fields.get("service")), _label(fields.get("cause"))).inc()
 

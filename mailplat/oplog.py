@@ -6,6 +6,8 @@ and whose fields carry the same values for `[log] format = "json"`.
 
     accepted id=... client=[ip] helo=... tls=yes user=... from=<...> size=... rcpts=...
     refused code=550 status=5.1.1 stage=rcpt client=[ip] from=<...> rcpt=<...> reason="..."
+    delivered id=... rcpt=<...> mailbox=INBOX backend=maildir delay=0.012
+    delivery-failed id=... rcpt=<...> mailbox=host:24 backend=lmtp outcome=deferred code=451 status=4.2.2 reason="..."
     login-failed protocol=imap client=[ip] user=...
     lockout client=[ip] failures=5 seconds=600
     service name=smtp endpoint=tcp:port=25

@@ -168,7 +168,7 @@ def make_service(config, bound=None):
     # The SMTP side drives a fan-out: aliases resolved, local mailboxes to
     # the local agent, remote addresses to the relay queue when there is one.
     relay = getattr(backends, "relay", None)
-    fanout = FanOutDelivery(backends.delivery, backends.resolver, relay)
+    fanout = FanOutDelivery(backends.delivery, backends.resolver, relay, backend=config.delivery["local"])
 
     makers = {
         "smtp": lambda: smtp("mx"),
@@ -185,7 +185,7 @@ def make_service(config, bound=None):
     if "metrics" in config.listen:
         from mailplat.metrics import PROTOCOLS, ServerMetrics
 
-        metrics = ServerMetrics(config.listen, relay)
+        metrics = ServerMetrics(config.listen, relay, local_backend=config.delivery["local"])
         makers["metrics"] = metrics.site
     control = control_channel.ControlService(config.state_dir)
     _add_lockout_actions(control, throttle)

@@ -13,11 +13,11 @@ from twisted.trial import unittest
 
 from mailplat import config as configuration
 from mailplat.config import ConfigError
-from mailplat.delivery.lmtp import LMTPDelivery, LMTPReply, from_config
+from mailplat.delivery.lmtp import LMTPDelivery, LMTPReply, _where, from_config
 from mailplat.interfaces import BackendContext, Envelope, PermanentFailure, TemporaryFailure
 from mailplat.store.source import BytesSource
 from mailplat.testing import LMTPServer
-from tests.helpers import MailServer, free_port, in_thread
+from tests.helpers import MailServer, collect_log, free_port, in_thread
 
 USERS = {"alice@example.test": "pw-a", "bob@example.test": "pw-b", "carol@example.test": "pw-c"}
 MESSAGE = b"From: dave@remote.test\r\nSubject: via LMTP\r\n\r\nHello.\r\n.dot line\r\n"
@@ -115,6 +115,19 @@ class EndToEnd(unittest.TestCase):
         self.assertIn("not delivered to bob@example.test", data[1])
         self.assertIn("delivered to alice@example.test", data[1])
         self.assertEqual(list(self.lmtp.messages), ["alice@example.test"])
+
+    @defer.inlineCallbacks
+    def test_each_recipients_answer_after_data_is_a_delivered_or_delivery_failed_line(self):
+        log = collect_log(self)
+        self.lmtp.data_replies["bob@example.test"] = "552 5.2.2 Quota exceeded"
+        answers, data = yield in_thread(send, self.port, ["alice@example.test", "bob@example.test"])
+        self.assertEqual(data[0], 552)
+        host = _where(self.lmtp.endpoint)
+        [delivered] = [t for t in log if t.startswith("delivered ")]
+        self.assertRegex(delivered, rf"^delivered id=[0-9A-F]+ rcpt=<alice@example.test> mailbox={host} backend=lmtp delay=\d+\.\d{{3}}$")
+        [failed] = [t for t in log if t.startswith("delivery-failed ")]
+        self.assertIn(f"rcpt=<bob@example.test> mailbox={host} backend=lmtp outcome=refused code=552 status=5.2.2 ", failed)
+        self.assertIn("Quota exceeded", failed)
 
     @defer.inlineCallbacks
     def test_a_connection_dropped_after_data_gives_451(self):

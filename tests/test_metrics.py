@@ -132,6 +132,24 @@ class Messages(MetricsCase):
         self.assertEqual(scraped.value("mailplat_messages_accepted_total", port="submission"), 0)
 
     @defer.inlineCallbacks
+    def test_a_local_delivery_is_counted_by_backend_and_outcome_with_its_latency(self):
+        before = yield self.scrape()
+        self.assertEqual(before.value("mailplat_deliveries_total", backend="maildir", outcome="delivered"), 0)
+        self.assertIn({"backend": "maildir", "outcome": "deferred"},
+                      [s.labels for s in before.samples("mailplat_deliveries_total")])
+
+        def send():
+            with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:
+                s.sendmail("carol@remote.test", ["alice@example.test"], MESSAGE)
+
+        yield in_thread(send)
+        scraped = yield self.scrape()
+        self.assertEqual(scraped.value("mailplat_deliveries_total", backend="maildir", outcome="delivered"), 1)
+        self.assertEqual(scraped.value("mailplat_deliveries_total", backend="maildir", outcome="deferred"), 0)
+        self.assertEqual(scraped.value("mailplat_delivery_seconds_count", backend="maildir"), 1)
+        self.assertEqual(scraped.value("mailplat_delivery_seconds_bucket", backend="maildir", le="+Inf"), 1)
+
+    @defer.inlineCallbacks
     def test_a_refused_recipient_is_counted_by_port_stage_code_and_status(self):
         def send():
             with smtplib.SMTP("127.0.0.1", self.port("smtp")) as s:

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailplat import oplog
+from mailplat.interfaces import TemporaryFailure
 from tests.helpers import MailServer, client_tls, collect_log, in_thread
 
 USERS = {"alice@example.test": "alice-pw"}
@@ -249,3 +250,91 @@ class ServerSideFailures(unittest.TestCase):
         [refused] = lines(self.log, "refused")
         self.assertIn("code=451", refused)
         self.assertIn('rcpt=<alice@example.test> check=- reason="cannot read passwd-file: Is a directory"', refused)
+
+
+TWO_USERS = {"alice@example.test": "alice-pw", "bob@example.test": "bob-pw"}
+
+
+def send_to(port, recipients, message=MESSAGE):
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.ehlo("client.test")
+        s.mail("carol@remote.test")
+        for r in recipients:
+            s.rcpt(r)
+        return s.data(message)
+
+
+class _TwoUsers(unittest.TestCase):
+    extra = ""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.server = yield MailServer(self, listeners=("smtp",), extra=self.extra).start(users=TWO_USERS)
+        self.log = collect_log(self)
+
+
+class DeliveryLines(_TwoUsers):
+    """One `delivered` or `delivery-failed` line per local recipient, written by the fan-out."""
+
+    @defer.inlineCallbacks
+    def test_a_message_to_two_users_is_two_delivered_lines_with_the_id_of_the_250(self):
+        code, text = yield in_thread(send_to, self.server.port("smtp"), ["alice@example.test", "bob@example.test"])
+        self.assertEqual(code, 250)
+        queue_id = re.search(rb"accepted for delivery as ([0-9A-F]+)$", text).group(1).decode()
+        delivered = lines(self.log, "delivered")
+        self.assertEqual(len(delivered), 2, self.log)
+        for line, rcpt in zip(delivered, ("alice@example.test", "bob@example.test")):
+            self.assertRegex(line, rf"^delivered id={queue_id} rcpt=<{rcpt}> mailbox=INBOX backend=maildir delay=\d+\.\d{{3}}$")
+        self.assertEqual(lines(self.log, "delivery-failed"), [])
+
+    @defer.inlineCallbacks
+    def test_a_plus_tag_names_the_folder_asked_for(self):
+        code, _ = yield in_thread(send_to, self.server.port("smtp"), ["alice+lists@example.test"])
+        self.assertEqual(code, 250)
+        [delivered] = lines(self.log, "delivered")
+        # rcpt is the final mailbox; the folder is the one the tag asked for.
+        self.assertIn(" rcpt=<alice@example.test> mailbox=lists backend=maildir ", delivered)
+
+    @defer.inlineCallbacks
+    def test_a_copy_that_cannot_be_written_is_a_delivery_failed_line_per_recipient(self):
+        import os
+
+        # bob's mail directory is a file: his copy fails, alice's is taken back (all or nothing).
+        path = self.server.maildir("bob@example.test")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("not a maildir")
+        code, _ = yield in_thread(send_to, self.server.port("smtp"), ["alice@example.test", "bob@example.test"])
+        self.assertEqual(code, 451)
+        self.flushLoggedErrors(TemporaryFailure)  # the store's failure, logged by the local agent
+        self.assertEqual(lines(self.log, "delivered"), [])
+        failed = lines(self.log, "delivery-failed")
+        self.assertEqual(len(failed), 2, self.log)
+        self.assertRegex(failed[0], r"^delivery-failed id=[0-9A-F]+ rcpt=<alice@example.test> mailbox=INBOX backend=maildir "
+                                    r"outcome=deferred code=451 status=4\.\d\.\d reason=\"copy taken back: ")
+        self.assertRegex(failed[1], r"^delivery-failed id=[0-9A-F]+ rcpt=<bob@example.test> mailbox=INBOX backend=maildir "
+                                    r"outcome=deferred code=451 status=4\.\d\.\d reason=")
+
+
+class DeliveryLinesWithAJunkCheck(_TwoUsers):
+    extra = """
+[checks]
+enabled = ["junk"]
+
+[checks.junk]
+plugin = "header"
+header = "X-Spam-Flag"
+match = "^yes$"
+action = "folder"
+folder = "Junk"
+"""
+
+    @defer.inlineCallbacks
+    def test_a_message_a_check_files_into_junk_is_delivered_to_junk(self):
+        message = b"From: carol@remote.test\r\nX-Spam-Flag: yes\r\nSubject: hi\r\n\r\nhello\r\n"
+        code, _ = yield in_thread(send_to, self.server.port("smtp"), ["alice@example.test", "bob@example.test"], message)
+        self.assertEqual(code, 250)
+        delivered = lines(self.log, "delivered")
+        self.assertEqual(len(delivered), 2, self.log)
+        for line in delivered:
+            self.assertIn(" mailbox=Junk backend=maildir ", line)

@@ -6,13 +6,20 @@ the local delivery agent, its remote addresses to the relay queue.
 At the end of data the message is queued for the remote recipients first
 (durably), then delivered locally; if the local part fails the queue entry
 is taken back, so the one SMTP reply stays true for every recipient.
+
+The fan-out is where each local recipient's outcome is known, so it writes
+the `delivered` and `delivery-failed` lines (docs/operating.md) for every
+local agent, from the agent's per-recipient outcomes when it gives them.
 """
+
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.interfaces import IDeliveryAgent, IDeliveryTransaction, PermanentFailure
+from mailplat import oplog
+from mailplat.interfaces import DeliveryOutcome, IDeliveryAgent, IDeliveryTransaction, PermanentFailure, TemporaryFailure
 
 log = Logger()
 
@@ -23,12 +30,16 @@ class FanOutDelivery:
     @param local: the local L{IDeliveryAgent} chosen by `[delivery] local`.
     @param resolver: a L{mailplat.delivery.addresses.AddressResolver}.
     @param relay: an L{IRelayQueue}, or None when mail cannot leave.
+    @param backend: the `[delivery] local` name (maildir, mbox, lmtp) for
+        the log lines.
     """
 
-    def __init__(self, local, resolver, relay=None):
+    def __init__(self, local, resolver, relay=None, backend=None, clock=time.time):
         self.local = local
         self.resolver = resolver
         self.relay = relay
+        self.backend = backend
+        self.clock = clock
 
     def start(self, envelope):
         d = defer.maybeDeferred(self.local.start, envelope)
@@ -42,6 +53,7 @@ class FanOutTransaction:
         self.envelope = envelope
         self.local = local
         self.local_count = 0
+        self.local_addresses = []  # as handed to the local agent, for agents without outcomes
         self.remote = []
 
     @defer.inlineCallbacks
@@ -59,8 +71,11 @@ class FanOutTransaction:
             )
             remote = []
         for target in local:
-            yield self.local.add_recipient(self.agent.resolver.tagged(target))
+            tagged = self.agent.resolver.tagged(target)
+            yield self.local.add_recipient(tagged)
             self.local_count += 1
+            if tagged not in self.local_addresses:
+                self.local_addresses.append(tagged)
         self.remote += [r for r in remote if r not in self.remote]
 
     @defer.inlineCallbacks
@@ -69,13 +84,42 @@ class FanOutTransaction:
         if self.remote:
             queue_id = yield self.agent.relay.enqueue(self.envelope, list(self.remote), source)
         if self.local_count:
+            started = self.agent.clock()
             try:
                 yield self.local.deliver(source)
-            except Exception:
+            except Exception as e:
+                self._log_outcomes(started, e)
                 if queue_id is not None:
                     yield self.agent.relay.cancel(queue_id)
                 raise
+            self._log_outcomes(started)
         return queue_id
+
+    def _log_outcomes(self, started, error=None):
+        """One `delivered` or `delivery-failed` line per local recipient."""
+        outcomes = getattr(self.local, "outcomes", None)
+        if not outcomes:
+            if error is not None and not isinstance(error, (TemporaryFailure, PermanentFailure)):
+                error = TemporaryFailure(f"local delivery failed: {error}")
+            outcomes = [DeliveryOutcome(a, None, error) for a in self.local_addresses]
+        received = getattr(self.envelope, "received_at", None) or started
+        delay = f"{max(0.0, self.agent.clock() - received):.3f}"
+        queue_id = getattr(self.envelope, "queue_id", None)
+        for outcome in outcomes:
+            if outcome.delivered:
+                oplog.emit(
+                    "delivered", id=queue_id, rcpt=f"<{outcome.recipient}>", mailbox=outcome.mailbox,
+                    backend=self.agent.backend, delay=delay,
+                )
+                continue
+            e = outcome.error
+            permanent = isinstance(e, PermanentFailure)
+            oplog.emit(
+                "delivery-failed", level="warn", id=queue_id, rcpt=f"<{outcome.recipient}>", mailbox=outcome.mailbox,
+                backend=self.agent.backend, outcome="refused" if permanent else "deferred",
+                code=e.code if permanent else 451, status=getattr(e, "enhanced", None),
+                reason=getattr(e, "text", str(e)), delay=delay,
+            )
 
     def abort(self):
         self.remote = []

@@ -28,7 +28,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from mailplat.interfaces import IDeliveryAgent, IDeliveryTransaction, PermanentFailure, TemporaryFailure
+from mailplat.interfaces import (
+    DeliveryOutcome,
+    IDeliveryAgent,
+    IDeliveryTransaction,
+    PermanentFailure,
+    TemporaryFailure,
+)
 
 log = Logger()
 
@@ -210,6 +216,7 @@ class LMTPDelivery:
         self.reactor = reactor
         self.endpoint_text = endpoint
         self.endpoint = endpoints.clientFromString(reactor, endpoint)
+        self.where = _where(endpoint)
         self.hostname = hostname
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -249,6 +256,7 @@ class LMTPTransaction:
         self.agent = agent
         self.envelope = envelope
         self.recipients = []  # accepted by the LMTP server, in RCPT order
+        self.outcomes = []  # DeliveryOutcome per recipient, after deliver
         self._client = None
         self._lock = defer.DeferredLock()
 
@@ -293,11 +301,16 @@ class LMTPTransaction:
     def _deliver(self, source):
         if not self.recipients:
             raise PermanentFailure("no valid recipients", "5.5.1", 554)
+        self.outcomes = []
         client, refused = self._client, []
         if client is None or not client.connected_now:
-            client, refused = yield self._replayed()
+            try:
+                client, refused = yield self._replayed()
+            except Exception as e:
+                self._failed(self.recipients, e)
+                raise
+        accepted = [a for a in self.recipients if a not in {r for r, _ in refused}]
         try:
-            accepted = [a for a in self.recipients if a not in {r for r, _ in refused}]
             if accepted:
                 reply = yield client.command("DATA")
                 if reply.code != 354:
@@ -307,7 +320,8 @@ class LMTPTransaction:
                 results = yield defer.DeferredList(answers, consumeErrors=True)
             else:
                 results = []
-        except Exception:
+        except Exception as e:
+            self._failed(accepted, e, refused)
             self._close()
             raise
         self._close()
@@ -316,10 +330,25 @@ class LMTPTransaction:
             if not ok:
                 # No answer for this recipient: we cannot know whether it
                 # was delivered; the client must retry (maybe a duplicate).
-                raise value.value if value.check(TemporaryFailure) else TemporaryFailure("LMTP delivery failed")
+                error = value.value if value.check(TemporaryFailure) else TemporaryFailure("LMTP delivery failed")
+                answered = [(a, v) for a, (k, v) in zip(accepted, results) if k]
+                self._failed([a for a, (k, _) in zip(accepted, results) if not k], error, refused + answered)
+                raise error
             replies.append((address, value))
+        self.outcomes = [self._outcome(address, reply) for address, reply in replies]
         self._settle(replies)
         return [str(reply) for _, reply in replies]
+
+    def _outcome(self, address, reply):
+        return DeliveryOutcome(address, self.agent.where, None if reply.ok else reply.failure(address))
+
+    def _failed(self, addresses, error, replies=()):
+        """The outcomes when the session broke: `error` for `addresses`, the replies for the rest."""
+        if not isinstance(error, (TemporaryFailure, PermanentFailure)):
+            error = TemporaryFailure(f"LMTP delivery failed: {error}")
+        self.outcomes = [self._outcome(a, r) for a, r in replies] + [
+            DeliveryOutcome(a, self.agent.where, error) for a in addresses
+        ]
 
     def _settle(self, replies):
         """RFC 2033 4.2: one reply per recipient, mapped onto our one answer."""
@@ -351,6 +380,14 @@ class LMTPTransaction:
     def abort(self):
         self.recipients = []
         self._close()
+
+
+def _where(endpoint):
+    """The `mailbox` of a `delivered` line: host:port of a TCP endpoint, a socket's path, else the endpoint."""
+    parts = dict(p.partition("=")[::2] for p in endpoint.split(":")[1:] if "=" in p)
+    if "host" in parts:
+        return f"{parts['host']}:{parts['port']}" if "port" in parts else parts["host"]
+    return parts.get("path") or endpoint
 
 
 def from_config(section, context):

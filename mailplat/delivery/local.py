@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.interfaces import (
+    DeliveryOutcome,
     IDeliveryAgent,
     IDeliveryTransaction,
     PermanentFailure,
@@ -46,6 +47,7 @@ class LocalTransaction:
         self.agent = agent
         self.envelope = envelope
         self.recipients = []  # (canonical address, folder or None), no duplicates
+        self.outcomes = []  # DeliveryOutcome per recipient, after deliver
 
     def add_recipient(self, address):
         d = self.agent.resolver.mailbox(address)
@@ -62,14 +64,17 @@ class LocalTransaction:
         prefixed = PrefixedSource(return_path(self.envelope.sender), source)
         # A check's folder (Junk) wins over a plus tag's.
         chosen = getattr(self.envelope, "folder", None)
+        # The folder asked for; a store without it files into INBOX.
+        folders = [chosen or folder or "INBOX" for _, folder in self.recipients]
         results = [
             self.agent.store.deliver(address, prefixed, chosen or folder) for address, folder in self.recipients
         ]
-        return defer.DeferredList(results, consumeErrors=True).addCallback(self._settle)
+        return defer.DeferredList(results, consumeErrors=True).addCallback(self._settle, folders)
 
-    def _settle(self, results):
+    def _settle(self, results, folders):
         failures = [r for ok, r in results if not ok]
         if not failures:
+            self.outcomes = [DeliveryOutcome(addr, folder) for (addr, _), folder in zip(self.recipients, folders)]
             return [key for _, key in results]
         delivered = [(addr, key) for (addr, _), (ok, key) in zip(self.recipients, results) if ok]
         for failure in failures:
@@ -80,6 +85,16 @@ class LocalTransaction:
         reason = (temporary or [first])[0].value
         if not isinstance(reason, (TemporaryFailure, PermanentFailure)):
             reason = TemporaryFailure("local delivery failed")
+        # All or nothing: a copy taken back is deferred like the one that failed.
+        text = f"copy taken back: another recipient's failed ({reason.text})"
+        if isinstance(reason, PermanentFailure):
+            taken_back = PermanentFailure(text, reason.enhanced, reason.code)
+        else:
+            taken_back = TemporaryFailure(text, reason.enhanced)
+        self.outcomes = [
+            DeliveryOutcome(addr, folder, taken_back if ok else _reason(value))
+            for (addr, _), folder, (ok, value) in zip(self.recipients, folders, results)
+        ]
         return defer.DeferredList(undo, consumeErrors=True).addCallback(lambda _: defer.fail(reason))
 
     def _take_back(self, address, key):
@@ -87,3 +102,10 @@ class LocalTransaction:
 
     def abort(self):
         self.recipients = []
+
+
+def _reason(failure):
+    """A store's Failure as the Temporary/PermanentFailure it answers."""
+    if isinstance(failure.value, (TemporaryFailure, PermanentFailure)):
+        return failure.value
+    return TemporaryFailure(f"local delivery failed: {failure.value}")

@@ -5,6 +5,7 @@ comes only after the delivery's commit.
 """
 
 import re
+import time
 import uuid
 from email.utils import formatdate
 
@@ -428,6 +429,9 @@ class SMTPTransactionMixin:
             self._reset_transaction()
             self.reply(*problem)
             return None
+        if self._envelope is not None:
+            # The `delay` of the `delivered` lines counts from here.
+            self._envelope.received_at = time.time()
         prefix = received_header(
             helo=self._helo[0].decode("utf-8", "replace"),
             client_address=self._peer,

@@ -2,7 +2,7 @@
 Commands about folders (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE,
 RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258 LIST-EXTENDED, with RFC 5819
 RETURN (STATUS ...)), LSUB, STATUS, APPEND (RFC 3502 MULTIAPPEND, RFC 3516
-literal8), NAMESPACE, ENABLE. A mixin of
+literal8, RFC 4469 CATENATE), NAMESPACE, ENABLE. A mixin of
 L{mailplat.imap.server.MailplatIMAP}; it talks to the user's
 L{IMailAccount} only.
 """
@@ -11,11 +11,11 @@ import calendar
 import re
 from array import array
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailplat.imap import mime
+from mailplat.imap import fetch, mime, urls
 from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
 from mailplat.store.boundary import RefusedName
@@ -162,8 +162,9 @@ def _unsubscribed_parents(subscribed, sep, regex):
 def _append_message(reader):
     """
     One message of APPEND (RFC 3501 6.3.11, RFC 3502 6.3.11):
-    [flag-list SP] [date-time SP] literal, or a literal8 (RFC 3516 4.4)
-    -> (stored bytes, flags, internaldate).
+    [flag-list SP] [date-time SP] literal, or a literal8 (RFC 3516 4.4), or
+    CATENATE (cat-part ...) (RFC 4469 5)
+    -> (stored bytes or a list of ("text", bytes) / ("url", str), flags, internaldate).
     """
     flags = []
     internaldate = None
@@ -175,6 +176,17 @@ def _append_message(reader):
     if reader.peek() == b'"':
         internaldate = parse_date_time(reader.string())
         reader.space()
+    flags = [f for f in flags if f.lower() != "\\recent"]
+    if reader.text[reader.pos : reader.pos + 9].upper() == b"CATENATE ":
+        reader.pos += 9
+        return _catenate_parts(reader), flags, internaldate
+    message = _message_literal(reader)
+    # The store keeps LF line ends (IMessageSource); FETCH gives CRLF back.
+    return message.replace(b"\r\n", b"\n"), flags, internaldate
+
+
+def _message_literal(reader):
+    """A literal, or a literal8 (RFC 3516 4.4) with its NULs made safe."""
     binary = reader.peek() == b"~"
     if binary:
         reader.pos += 1
@@ -184,11 +196,58 @@ def _append_message(reader):
     if not binary and b"\0" in message:
         # RFC 3501 4.3: a literal is CHAR8, no NUL; only a literal8 may carry it.
         raise BadCommand("NUL in a literal; send it as a literal8 (~{n})")
-    flags = [f for f in flags if f.lower() != "\\recent"]
-    # The store keeps LF line ends (IMessageSource); FETCH gives CRLF back.
     if binary and b"\0" in message:
         message = mime.without_nul(mime.canonical(message))
-    return message.replace(b"\r\n", b"\n"), flags, internaldate
+    return message
+
+
+def _catenate_parts(reader):
+    """RFC 4469 5: "(" cat-part *(SP cat-part) ")", cat-part = TEXT SP literal / URL SP astring."""
+    reader.open_paren()
+    parts = []
+    while True:
+        kind = reader.atom("TEXT or URL").upper()
+        reader.space()
+        if kind == b"TEXT":
+            parts.append(("text", _message_literal(reader)))
+        elif kind == b"URL":
+            parts.append(("url", reader.astring("a URL").decode("utf-8", "replace")))
+        else:
+            raise BadCommand("a CATENATE part is TEXT or URL")
+        if reader.peek() == b")":
+            reader.pos += 1
+            return parts
+        reader.space()
+
+
+class _BadURLPart(Exception):
+    """A CATENATE URL that cannot be used; its text goes into [BADURL] (RFC 4469 6)."""
+
+    def __init__(self, url, why):
+        super().__init__(why)
+        self.url = url
+
+
+class _TooBig(Exception):
+    """An assembled message, or all of one APPEND, over the limits (RFC 4469 6 TOOBIG)."""
+
+
+def _url_part(f, ref):
+    """In a thread: the bytes (CRLF) of the part the URL names; None if there is no such part."""
+    with f:
+        data = f.read()
+    section = ref.section.encode("ascii")
+    try:
+        (item,) = fetch.parse_items(b"BODY.PEEK[" + section + b"]")
+    except (BadCommand, ValueError):
+        return None
+    message = fetch.parse_message(data)
+    if item.kind != "section" or (item.part and message.find(item.part) is None):
+        return None
+    if ref.start is not None:
+        # RFC 5092 3: ;PARTIAL=offset[.length], to the end without a length.
+        item.start, item.length = ref.start, ref.length if ref.length is not None else len(data) * 2 + 1
+    return fetch.section_bytes(item, message)
 
 
 def _uid_set(uids):
@@ -561,7 +620,10 @@ class MailboxCommands:
         d = defer.maybeDeferred(self.account.folder, name)
 
         def got(folder):
-            return self._append_all(folder, messages).addCallback(lambda uids: (folder, uids))
+            # RFC 4469 5: the target is checked first (TRYCREATE beats BADURL).
+            d = self._assemble(messages)
+            d.addCallback(lambda assembled: self._append_all(folder, assembled))
+            return d.addCallback(lambda uids: (folder, uids))
 
         def done(result):
             folder, uids = result
@@ -575,7 +637,65 @@ class MailboxCommands:
                 return self.no(tag, f"[CANNOT] {failure.value}")
             self.no(tag, "[TRYCREATE] no such mailbox")
 
-        return d.addCallbacks(got, missing).addCallback(lambda r: done(r) if r else None)
+        def unusable(failure):
+            failure.trap(_BadURLPart, _TooBig)
+            if failure.check(_TooBig):
+                return self.no(tag, f"[TOOBIG] {failure.value}")
+            # RFC 4469 6: BADURL names the URL that failed (url-resp-text: no "]", CR or LF).
+            url = "".join(c for c in failure.value.url if c not in "]\r\n")
+            self.no(tag, f"[BADURL {url}] {failure.value}")
+
+        return d.addCallbacks(lambda f: got(f).addErrback(unusable), missing).addCallback(lambda r: done(r) if r else None)
+
+    @defer.inlineCallbacks
+    def _assemble(self, messages):
+        """
+        RFC 4469 5: build each CATENATE message from its TEXT and URL parts,
+        in order; every URL is resolved before anything is stored. The
+        APPEND limits apply to the messages so built.
+        """
+        from mailplat.imap.server import MULTIAPPEND_SIZES  # imported late: server imports us
+
+        size = self.factory.limits["message_size"]
+        out, total = [], 0
+        for body, flags, internaldate in messages:
+            if isinstance(body, list):
+                chunks = []
+                for kind, value in body:
+                    chunks.append(value if kind == "text" else (yield self._url_bytes(value)))
+                body = b"".join(chunks).replace(b"\r\n", b"\n")
+                if len(body) > size:
+                    raise _TooBig(f"the message would be larger than {size} octets")
+            total += len(body)
+            if total > MULTIAPPEND_SIZES * size:
+                raise _TooBig("the messages of this APPEND are too large together")
+            out.append((body, flags, internaldate))
+        return out
+
+    @defer.inlineCallbacks
+    def _url_bytes(self, url):
+        """RFC 4469 5 / RFC 5092: the bytes a CATENATE URL names, in this user's account only."""
+        try:
+            ref = urls.parse(url, self.account.address, self._sep())
+        except urls.BadURL as e:
+            raise _BadURLPart(url, str(e))
+        try:
+            folder = yield defer.maybeDeferred(self.account.folder, ref.mailbox)
+        except KeyError:
+            raise _BadURLPart(url, "no such mailbox")
+        if ref.uidvalidity is not None and ref.uidvalidity != folder.uidvalidity:
+            raise _BadURLPart(url, "UIDVALIDITY does not match")
+        yield defer.maybeDeferred(folder.sync)
+        if not any(m.uid == ref.uid for m in folder.messages()):
+            raise _BadURLPart(url, "no such message")
+        try:
+            f = yield defer.maybeDeferred(folder.open, ref.uid)
+            data = yield threads.deferToThread(_url_part, f, ref)
+        except (KeyError, OSError):
+            raise _BadURLPart(url, "no such message")
+        if data is None:
+            raise _BadURLPart(url, "no such section")
+        return data
 
     @defer.inlineCallbacks
     def _append_all(self, folder, messages):

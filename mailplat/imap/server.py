@@ -79,6 +79,7 @@ CAPABILITIES = [
     b"SEARCHRES",  # RFC 5182: RETURN (SAVE) and `$`
     b"BINARY",  # RFC 3516 3: BINARY[], BINARY.SIZE[], APPEND of ~{n}
     b"MULTIAPPEND",  # RFC 3502 3: several messages in one APPEND, all or none
+    b"CATENATE",  # RFC 4469 5: APPEND ... CATENATE (TEXT / URL parts; L{mailplat.imap.urls})
     b"LIST-EXTENDED",  # RFC 5258 3: selection and return options, several patterns
 ]
 

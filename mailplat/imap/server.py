@@ -39,6 +39,7 @@ from mailplat.imap.parser import BadCommand, InvalidName, Reader, literal_announ
 from mailplat.imap.session import AUTH, LOGOUT, SELECTED, UNAUTH
 from mailplat.imap.sort import SortCommands
 from mailplat.imap.thread import ThreadCommands
+from mailplat.imap.urlauth import URLAuthCommands
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
 
@@ -82,6 +83,13 @@ CAPABILITIES = [
     b"CATENATE",  # RFC 4469 5: APPEND ... CATENATE (TEXT / URL parts; L{mailplat.imap.urls})
     b"LIST-EXTENDED",  # RFC 5258 3: selection and return options, several patterns
 ]
+# RFC 4467 URLAUTH (GENURLAUTH / RESETKEY / URLFETCH, INTERNAL mechanism;
+# L{mailplat.imap.urlauth}) works and is tested (tests/test_imap_urlauth.py),
+# and imaptest's `urlauth` passes with it advertised. It is not advertised yet
+# because imaptest's `urlauth2` (release-2.3) has no "messages:" header, so
+# imaptest appends nothing and its first `fetch 1:2` fails on any server;
+# with that script fixed it passes too. URLAUTH=BINARY (RFC 5524) is not done.
+ADVERTISE_URLAUTH = False
 
 ANY = (UNAUTH, AUTH, SELECTED)
 AFTER_LOGIN = (AUTH, SELECTED)
@@ -120,6 +128,10 @@ COMMANDS = {
     b"MOVE": ("cmd_MOVE", (SELECTED,)),
     b"SORT": ("cmd_SORT", (SELECTED,)),
     b"THREAD": ("cmd_THREAD", (SELECTED,)),
+    # RFC 4467 4: in the authenticated and selected states.
+    b"GENURLAUTH": ("cmd_GENURLAUTH", AFTER_LOGIN),
+    b"RESETKEY": ("cmd_RESETKEY", AFTER_LOGIN),
+    b"URLFETCH": ("cmd_URLFETCH", AFTER_LOGIN),
 }
 UID_COMMANDS = (b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT", b"THREAD")
 # RFC 3501 7.4.1: no EXPUNGE while answering these (their UID forms may);
@@ -128,7 +140,15 @@ NO_EXPUNGE_DURING = (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 
 
 class MailplatIMAP(
-    HandshakeDeadline, AuthCommands, MailboxCommands, MessageCommands, SortCommands, ThreadCommands, imap4.IMAP4Server
+    HandshakeDeadline,
+    AuthCommands,
+    MailboxCommands,
+    MessageCommands,
+    SortCommands,
+    ThreadCommands,
+    URLAuthCommands,
+    imap4.IMAP4Server,
+
 ):
     """One IMAP session, configured through its factory (L{IMAPFactory})."""
 
@@ -221,6 +241,8 @@ class MailplatIMAP(
 
     def capability_list(self):
         caps = list(CAPABILITIES)
+        if ADVERTISE_URLAUTH:
+            caps.append(b"URLAUTH")  # RFC 4467 2
         if self.state == UNAUTH:
             if self._can_starttls():
                 caps.append(b"STARTTLS")

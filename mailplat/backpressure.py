@@ -87,7 +87,7 @@ class Flow:
 
     def follow(self):
         """
-        After a command: if it started TLS, Twisted has moved this producer
+        Right after startTLS: Twisted has moved this producer
         onto the new TLS layer, whose loseConnection would then wait for it
         for ever. Register on the socket again.
         """

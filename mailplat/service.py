@@ -20,7 +20,7 @@ from mailplat.delivery.aliases import AliasesFile, AliasSources
 from mailplat.delivery.fanout import FanOutDelivery
 from mailplat.dns import SharedResolver
 from mailplat.interfaces import BackendContext, IAliasSource
-from mailplat.listeners import BoundListener, bind  # noqa: F401 (bind: for the twistd plugin)
+from mailplat.listeners import BoundListener
 from mailplat.portal import make_portal
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
 

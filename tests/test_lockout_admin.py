@@ -4,7 +4,6 @@ the running server over its control socket, and `[limits] trusted_networks`,
 whose addresses are never locked out or tarpitted.
 """
 
-import imaplib
 import ipaddress
 import os
 import stat
@@ -19,24 +18,11 @@ from twisted.trial import unittest
 from mailplat import config as configuration
 from mailplat import control
 from mailplat.throttle import LoginThrottle
-from tests.helpers import MailServer, client_tls, collect_log, in_thread
+from tests.helpers import MailServer, collect_log, in_thread
+from tests.test_security_throttle import imap_login
 
 USERS = {"alice@example.test": "right", "bob@example.test": "bobs"}
 LIMITS = "[limits]\nauth_failures = 3\nauth_failure_window = 600\nauth_failure_delay = 0\n"
-
-
-def imap_login(port, user, password):
-    c = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=client_tls(), timeout=30)
-    try:
-        c.login(user, password)
-        return True
-    except imaplib.IMAP4.error:
-        return False
-    finally:
-        try:
-            c.shutdown()
-        except OSError:
-            pass
 
 
 def run_cli(config_path, *args):

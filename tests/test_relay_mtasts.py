@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, reactor, ssl
-from twisted.internet.task import deferLater
 from twisted.names import dns
 from twisted.trial import unittest
 from twisted.web import resource, server

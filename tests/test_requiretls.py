@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from mailplat.smtp import server as smtp_server
 from tests.helpers import MailServer, client_tls, in_thread
-from tests.test_relay_delivery import messages_in, queue_of, records, scripted_server, wait_for
+from tests.test_relay_delivery import messages_in, records, scripted_server, wait_for
 from tests.test_relay_mtasts import ENFORCE, MTASTSCase, start_policy_host
 
 

@@ -218,7 +218,7 @@ class Plan:
         ))
         records.append(Record(
             "MTA-STS host", f"mta-sts.{domain}", "CNAME", None, required=False, in_zone=False,
-            comment=f"The web server of the policy file (mailplat does not serve it): an A/AAAA or a CNAME.",
+            comment="The web server of the policy file (mailplat does not serve it): an A/AAAA or a CNAME.",
             expect={"placeholder": "the web server that serves the policy file"},
         ))
         records.append(Record(

@@ -18,7 +18,6 @@ own mail is not checked against itself).
 """
 
 import email.utils
-import io
 import random
 import time
 
@@ -31,7 +30,7 @@ from mailplat.auth import arc_verify, dkim_verify, dmarc, results, spf
 from mailplat.auth.dkim_sign import HEADER_LIMIT, _read_up_to, header_block
 from mailplat.auth.lookups import AnswerCache, Lookups
 from mailplat.interfaces import IDeliveryAgent, IDeliveryTransaction, IMessageSource, PermanentFailure, TemporaryFailure
-from mailplat.store.source import PrefixedSource
+from mailplat.store.source import Concatenated, PrefixedSource
 
 log = Logger()
 
@@ -284,35 +283,7 @@ class ReplacedHeaderSource:
             if not chunk:
                 break
             left -= len(chunk)
-        return _Joined(self.head, f)
-
-
-class _Joined(io.RawIOBase):
-    def __init__(self, head, tail):
-        self._head, self._pos, self._tail = head, 0, tail
-
-    def readable(self):
-        return True
-
-    def read(self, n=-1):
-        if self._pos < len(self._head):
-            if n is None or n < 0:
-                out = self._head[self._pos :] + self._tail.read()
-                self._pos = len(self._head)
-                return out
-            out = self._head[self._pos : self._pos + n]
-            self._pos += len(out)
-            return out
-        return self._tail.read(n)
-
-    def readinto(self, b):
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def close(self):
-        self._tail.close()
-        super().close()
+        return Concatenated(self.head, f)
 
 
 @implementer(IDeliveryAgent)

@@ -33,6 +33,7 @@ class AuthCommands:
         self._buf = b""
         self.write(tag + b" OK begin TLS negotiation now\r\n")
         self.transport.startTLS(self.ctx)
+        self._flow.follow()  # startTLS moved our producer onto the TLS layer
         self.startedTLS = True
         self.expect_handshake(self.timeOut)
         return None

@@ -315,7 +315,6 @@ class MailplatIMAP(
                 self._run(lambda: self._sasl_step(line), tag=self._sasl["tag"])
                 continue
             self._line(line)
-            self._flow.follow()  # STARTTLS moved the transport
 
     def _line(self, line):
         if self._segments is None:

@@ -186,7 +186,6 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
                 log.failure("POP3 command failed")
                 self.failResponse(b"[SYS/TEMP] internal error")
                 result = None
-            self._flow.follow()  # STLS moved the transport
             if isinstance(result, defer.Deferred):
                 result.addErrback(self._internal_error)
             waiter = still_running(result)
@@ -283,6 +282,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         self._buffer = b""  # never act on what was sent before the handshake
         self.successResponse(b"begin TLS negotiation")
         self.transport.startTLS(self.factory.tls_context)
+        self._flow.follow()  # startTLS moved our producer onto the TLS layer
         self.startedTLS = True
         self.expect_handshake(self.timeOut)
         self._user_name = None

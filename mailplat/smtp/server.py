@@ -179,7 +179,6 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
                 result = self._bdat_feed()
             else:
                 result = self._command_from_buffer()
-            self._flow.follow()  # STARTTLS moved the transport
             if result is False:
                 return  # more input needed
             waiter = still_running(result)
@@ -320,6 +319,7 @@ class MailplatSMTP(HandshakeDeadline, SMTPAuthMixin, SMTPTransactionMixin, smtp.
         self._buffer = b""
         self.reply(220, "2.0.0", "ready to start TLS")
         self.transport.startTLS(self.ctx)
+        self._flow.follow()  # startTLS moved our producer onto the TLS layer
         self.startedTLS = True
         self.expect_handshake(self.timeout)
         self._check_session.secure = True

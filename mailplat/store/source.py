@@ -34,10 +34,12 @@ class PrefixedSource:
         self.size = len(prefix) + source.size
 
     def open(self):
-        return _Concat(self.prefix, self.source.open())
+        return Concatenated(self.prefix, self.source.open())
 
 
-class _Concat(io.RawIOBase):
+class Concatenated(io.RawIOBase):
+    """A read-only file: the bytes `head`, then the rest of the open file `tail_file`."""
+
     def __init__(self, head, tail_file):
         self._head = head
         self._pos = 0

@@ -16,6 +16,7 @@ process), and after a restart (what the on-disk index and cache keep).
 
     python benchmarks/imap_fetch.py                  # 20000 messages
     python benchmarks/imap_fetch.py --messages 5000
+    python benchmarks/imap_fetch.py --distinct       # 20000 different messages, all in cur/
 
 With --idle N it measures idle sessions instead: N clients log in over
 implicit TLS, SELECT INBOX and IDLE; it prints the server's RSS before and
@@ -99,6 +100,52 @@ def fill(maildir, count, seed=1):
         else:
             path = os.path.join(maildir, "new", key)
         with open(path, "wb") as f:
+            f.write(data)
+
+
+WORDS = (
+    "invoice meeting report quarterly budget review draft final update notes travel plan agenda "
+    "lunch project status release patch question answer request offer contract minutes slides "
+    "photos party weekend order shipping delay urgent reminder account security newsletter"
+).split()
+ZONES = ("+0000", "+0100", "-0500", "+0530", "-0800", "+0900")
+
+
+def fill_distinct(maildir, count, seed=1):
+    """
+    `count` different messages straight into cur/ (issue 11's figure):
+    each its own subject, sender, date, recipients and size, as a real
+    folder copied in by another program.
+    """
+    rng = random.Random(seed)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    base = 1_600_000_000
+    for i in range(count):
+        subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+        if rng.random() < 0.3:
+            subject = rng.choice(("Re: ", "Fwd: ", "RE: Re: ")) + subject
+        when = base + i * 1500 + rng.randint(0, 1400)
+        date = time.strftime("%a, %d %b %Y %H:%M:%S ", time.gmtime(when)) + rng.choice(ZONES)
+        sender = f"{rng.choice(WORDS).title()} {rng.choice(WORDS).title()} <person{i}.{rng.randint(0, 99999)}@host{i % 1000}.example.org>"
+        to = ", ".join(f"user{rng.randint(0, 50000)}@example.test" for _ in range(rng.randint(1, 4)))
+        body = "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(rng.randint(3, 200)))
+        data = (
+            f"Return-Path: <bounce{i}@host{i % 1000}.example.org>\n"
+            f"Received: from mx{i % 50}.example.org by bench.example.test; {date}\n"
+            f"From: {sender}\n"
+            f"To: {to}\n"
+            + (f"Cc: {rng.choice(WORDS)}@lists.example.org\n" if rng.random() < 0.4 else "")
+            + f"Subject: {subject}\n"
+            f"Date: {date}\n"
+            f"Message-ID: <{i}.{rng.getrandbits(48):x}@host{i % 1000}.example.org>\n"
+            + (f"In-Reply-To: <{rng.randint(0, i + 1)}.x@example.org>\n" if rng.random() < 0.3 else "")
+            + f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n{body}\n"
+        ).encode()
+        vsize = len(data) + data.count(b"\n")
+        key = f"{when}.M{i}P1Q1.bench,S={len(data)},W={vsize}"
+        flags = rng.choice(("", "S", "S", "RS", "FS"))
+        with open(os.path.join(maildir, "cur", f"{key}:2,{flags}"), "wb") as f:
             f.write(data)
 
 
@@ -264,6 +311,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--idle", type=int, metavar="N", help="measure N idle TLS sessions instead")
+    ap.add_argument(
+        "--distinct", action="store_true", help="different messages straight into cur/ (issue 11's figure) instead of one pattern"
+    )
     args = ap.parse_args()
     if args.idle:
         args.messages = 10
@@ -280,7 +330,7 @@ def main():
         f.write(CONFIG.format(state=state, port=port, tls_port=ports["imaps"], smtp_port=ports["smtp"]))
     try:
         start = time.perf_counter()
-        fill(os.path.join(state, "mail", "example.test", "user"), args.messages)
+        (fill_distinct if args.distinct else fill)(os.path.join(state, "mail", "example.test", "user"), args.messages)
         print(f"wrote {args.messages} messages in {time.perf_counter() - start:.1f} s")
         server = start_server(workdir, config, port)
         if args.idle:

@@ -37,16 +37,32 @@ def _compact(uids):
     return b",".join(out)
 
 
-def _read_all(files, work):
-    """In a thread: read and close each file, apply `work(data)`; None where it failed."""
+def _read_header(f):
+    """A message's first bytes, up to at least the blank line that ends its header (or all of it)."""
+    data = f.read(8192)
+    while b"\n\n" not in data and b"\n\r\n" not in data:
+        more = f.read(65536)
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _read_all(files, work, header_only=False):
+    """
+    In a thread: read and close each file, apply `work(data)`; None where
+    it failed. With `header_only`, `work` gets only the message's header
+    (and perhaps some body), for answers such as ENVELOPE that need no more.
+    """
     results = []
+    read = _read_header if header_only else (lambda f: f.read())
     for f in files:
         if f is None:
             results.append(None)
             continue
         try:
             with f:
-                data = f.read()
+                data = read(f)
             results.append(work(data))
         except OSError:
             results.append(None)  # gone meanwhile (expunged by another writer)
@@ -358,6 +374,7 @@ class MessageCommands:
         needs_file = any(i.needs_file for i in items)
         want_env = any(i.kind == "envelope" for i in items)
         want_bs = any(i.kind in ("bodystructure", "body") for i in items)
+        header_only = want_env and not want_bs and not needs_file  # see fetch.compute
         folder = sel.folder
 
         def prepared(seq, u):
@@ -383,7 +400,7 @@ class MessageCommands:
                 def work(data):
                     return fetch.compute(data, items, want_env, want_bs)
 
-                return threads.deferToThread(_read_all, files, work)
+                return threads.deferToThread(_read_all, files, work, header_only)
 
             d = self._open_batch(need).addCallback(read)
             return d.addCallback(lambda results: (chunk, plans, dict(zip(need, results))))

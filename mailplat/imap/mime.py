@@ -10,6 +10,7 @@ through untouched.
 
 import base64
 import binascii
+import functools
 import re
 
 from mailplat.imap import address
@@ -246,7 +247,9 @@ def _addresses(value):
     return [(None, None, m.group(5), m.group(6))]
 
 
+@functools.lru_cache(maxsize=8192)
 def _address_list(value):
+    # Cached: the same To, From and Cc values recur across a folder.
     if value is None:
         return b"NIL"
     out = []
@@ -256,6 +259,77 @@ def _address_list(value):
     if not out:
         return b"NIL"
     return b"(" + b"".join(out) + b")"
+
+
+_ENVELOPE_FIELDS = frozenset(
+    (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to", b"message-id")
+)
+
+
+def first_values(data, wanted):
+    """
+    {lowercase name: unfolded value} of the first occurrence of each wanted
+    header field of a stored message (LF or CRLF), reading only its header:
+    the same values as C{Part(canonical(data)).get(name)} (as bytes), for
+    one pass over the header instead of a parse of the whole message.
+    """
+    # Cut at the raw blank line first (LF LF or LF CR LF), so only the header is copied.
+    end = data.find(b"\n\n")
+    crlf = data.find(b"\n\r\n", 0, end + 2 if end >= 0 else len(data))
+    if crlf >= 0 or end >= 0:
+        data = data[: (crlf if crlf >= 0 else end) + 3]
+    lines = data.replace(b"\r\n", b"\n")
+    if lines[:1] == b"\n":
+        return {}  # no header at all
+    end = lines.find(b"\n\n")
+    if end >= 0:
+        lines = lines[:end]
+    found = {}
+    current = None  # the pieces of a wanted field being unfolded
+    started = False
+    for line in lines.split(b"\n"):
+        if not line:
+            continue
+        if started and line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)  # RFC 5322 2.2.3 unfolding keeps the WSP
+            continue
+        started = True
+        name, colon, rest = line.partition(b":")
+        name = name.strip().lower() if colon else None
+        if name in wanted and name not in found:
+            current = found[name] = [rest]
+        else:
+            current = None
+    return {name: b"".join(pieces).strip() for name, pieces in found.items()}
+
+
+def message_envelope(data):
+    """ENVELOPE (RFC 3501 7.4.2) straight from a stored message's bytes (see L{first_values})."""
+    values = first_values(data, _ENVELOPE_FIELDS)
+    get = values.get
+
+    def addresses(*names):
+        for name in names:
+            value = get(name)
+            if value:
+                return _address_list(value.decode("utf-8", "surrogateescape"))
+        return b"NIL" if value is None else _address_list(value.decode("utf-8", "surrogateescape"))
+
+    return b"(" + b" ".join(
+        (
+            quote(get(b"date")),
+            quote(get(b"subject")),
+            addresses(b"from"),
+            addresses(b"sender", b"from"),
+            addresses(b"reply-to", b"from"),
+            addresses(b"to"),
+            addresses(b"cc"),
+            addresses(b"bcc"),
+            quote(get(b"in-reply-to")),
+            quote(get(b"message-id")),
+        )
+    ) + b")"
 
 
 def envelope(part):

@@ -268,7 +268,9 @@ def quote(value):
     if isinstance(value, str):
         value = value.encode("utf-8")
     if len(value) < 1024 and _QUOTABLE.fullmatch(value):
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        if b"\\" in value or b'"' in value:
+            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + value + b'"'
     return b"{%d}\r\n%s" % (len(value), value)
 
 

@@ -1,0 +1,83 @@
+"""
+The header-only ENVELOPE (L{mime.message_envelope}, used by FETCH ENVELOPE
+when nothing else needs the file) must equal the ENVELOPE of the full MIME
+parse (L{mime.envelope} of L{fetch.parse_message}) for every message: the
+same unfolding, the same first-occurrence rule, the same junk-line and
+no-header cases, CRLF or LF.
+"""
+
+import random
+
+from twisted.trial import unittest
+
+from mailplat.imap import fetch, mime
+
+CASES = [
+    b"",
+    b"\n",
+    b"\r\n",
+    b"\nSubject: not a header\n\nbody",
+    b"Subject: only a header, no blank line",
+    b"Subject: hi\nFrom: A <a@example.org>\n\nbody\n",
+    b"Subject: hi\r\nFrom: A <a@example.org>\r\n\r\nbody\r\n",
+    b"Subject: folded\n  over\n\tthree lines\nTo: b@example.org\n\n",
+    b"Subject: first\nSubject: second\n\n",
+    b"Sender:\nFrom: F <f@example.org>\nReply-To: \n\n",
+    b"From:\n\n",
+    b"junk line without colon\n continued junk\nSubject: after junk\n\n",
+    b" Subject: leading space on the first line\n\n",
+    b"SUBJECT : upper case with space\nfRoM: x@y\n\n",
+    b'Subject: quotes " and \\\\ backslashes\n\n',
+    b"Subject: caf\xc3\xa9 raw utf-8\nFrom: \xc3\xa9 <e@example.org>\n\n",
+    b"Subject: lone\rcarriage\r\r\n continued\n\n",
+    b"To: group: a@example.org, B <b@example.org>;, c@example.org\n\n",
+    b"To: undisclosed-recipients:;\n\n",
+    b"From: (comment) a@example.org (more)\nCc: \"Last, First\" <lf@example.org>\n\n",
+    b"Message-ID: <1@x>\nIn-Reply-To: <0@x>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n",
+    b"Subject: " + b"x" * 2000 + b"\n\n",
+    b"Subject: a\n\nSubject: in the body\n",
+    b"Subject: a\r\n\r\n\r\n",
+    b"Subject: mixed\r\nFrom: m@example.org\n\r\nbody",
+    b"Content-Type: multipart/mixed; boundary=b\nSubject: m\n\n--b\nSubject: inner\n\nx\n--b--\n",
+]
+
+PIECES = [
+    b"Subject: s",
+    b"From: F <f@example.org>",
+    b"Sender: s@example.org",
+    b"Reply-To: r@example.org",
+    b"To: a@example.org, b@example.org",
+    b"Cc: g: c@example.org;",
+    b"Bcc: ",
+    b"Date: Tue, 2 Jan 2024 10:00:00 +0100",
+    b"Message-ID: <m@example.org>",
+    b"In-Reply-To: <p@example.org>",
+    b"X-Other: y",
+    b" folded",
+    b"\tfolded tab",
+    b"junk",
+    b"",
+    b"subject:lower",
+    b"FROM:   spaced <sp@example.org>  ",
+    b"To: \xff\xfe raw",
+    b'Subject: "quoted" \\ x',
+    b"\r",
+]
+
+
+def full_parse(data):
+    return mime.envelope(fetch.parse_message(data))
+
+
+class HeaderOnlyEnvelope(unittest.TestCase):
+    def test_cases(self):
+        for data in CASES:
+            self.assertEqual(mime.message_envelope(data), full_parse(data), data)
+
+    def test_random_headers(self):
+        rng = random.Random(5)
+        for _ in range(3000):
+            lines = [rng.choice(PIECES) for _ in range(rng.randint(0, 12))]
+            eol = rng.choice([b"\n", b"\r\n"])
+            data = eol.join(lines) + rng.choice([b"", eol, eol + eol + b"body" + eol])
+            self.assertEqual(mime.message_envelope(data), full_parse(data), data)

@@ -6,6 +6,7 @@ same unfolding, the same first-occurrence rule, the same junk-line and
 no-header cases, CRLF or LF.
 """
 
+import io
 import random
 
 from twisted.trial import unittest
@@ -81,3 +82,57 @@ class HeaderOnlyEnvelope(unittest.TestCase):
             eol = rng.choice([b"\n", b"\r\n"])
             data = eol.join(lines) + rng.choice([b"", eol, eol + eol + b"body" + eol])
             self.assertEqual(mime.message_envelope(data), full_parse(data), data)
+
+
+ADDRESS_PIECES = [
+    "a@example.org",
+    "Name <n@example.org>",
+    "  Two Words  <tw@example.org> ",
+    '"Quoted, Name" <q@example.org>',
+    "bare",
+    "",
+    " ",
+    "x@y (comment)",
+    "<@route:r@example.org>",
+    "g: m@example.org;",
+    "Émile <e@example.org>",
+    "a.b+c@sub.example.org",
+    "broken <x@",
+    "@nolocal",
+    "[literal]@x",
+]
+
+
+class AddressLists(unittest.TestCase):
+    """The comma-list fast path of mime._addresses equals the full parser (L{address.parse})."""
+
+    def test_random_lists(self):
+        from mailplat.imap import address
+
+        rng = random.Random(7)
+        for _ in range(5000):
+            value = ",".join(rng.choice(ADDRESS_PIECES) for _ in range(rng.randint(1, 5)))
+            self.assertEqual(mime._addresses(value), address.parse(value), value)
+
+
+class SortKeysHeader(unittest.TestCase):
+    """SORT's keys read the header with mime.first_values: the same values as the field-by-field parse."""
+
+    def test_same_values(self):
+        from mailplat.imap import sortkeys
+
+        def old_values(header):
+            values = {}
+            for name, raw in mime.header_fields(mime.canonical(header)):
+                if name in sortkeys._FIELDS and name not in values:
+                    values[name] = mime.field_value(raw)
+            return values
+
+        rng = random.Random(9)
+        pieces = PIECES + [b"References: <a@b> <c@d>", b"In-Reply-To: <x@y>", b"Message-ID: <z@w>"]
+        for _ in range(3000):
+            eol = rng.choice([b"\n", b"\r\n"])
+            data = eol.join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) + eol + eol + b"body" + eol
+            header = sortkeys._read_header(io.BytesIO(data))  # as SORT reads a message
+            got = {k: v.decode("utf-8", "surrogateescape") for k, v in mime.first_values(header, sortkeys._FIELDS).items()}
+            self.assertEqual(got, old_values(header), header)

@@ -236,10 +236,22 @@ def nstring(value):
 _SIMPLE_ADDRESS = re.compile(r'^\s*(?:"([^"\\]*)"|([^<>",;:()\\@]*?))\s*<([^<>@\s",;:()]+)@([^<>@\s",;:()]+)>\s*$|^\s*([^<>@\s",;:()]+)@([^<>@\s",;:()]+)\s*$')
 
 
+_NOT_SIMPLE = re.compile(r'["():;\\\[]')
+
+
 def _addresses(value):
     """[(name, route, mailbox, host)], group markers included (RFC 3501 7.4.2)."""
     m = _SIMPLE_ADDRESS.match(value)
     if m is None:
+        if "," in value and _NOT_SIMPLE.search(value) is None:
+            # A list of common forms (`a@b, Name <c@d>`): each by the regex.
+            out = []
+            for piece in value.split(","):
+                one = _addresses(piece) if piece.strip() else None
+                if not one or len(one) != 1 or _SIMPLE_ADDRESS.match(piece) is None:
+                    return address.parse(value)
+                out += one
+            return out
         return address.parse(value)
     if m.group(3) is not None:
         name = m.group(1) if m.group(1) is not None else m.group(2).strip()

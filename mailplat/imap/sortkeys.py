@@ -232,15 +232,13 @@ def message_ids(value):
 # --- the cached list ------------------------------------------------------------------
 
 
-_FIELDS = (b"date", b"subject", b"from", b"to", b"cc", b"message-id", b"references", b"in-reply-to")
+_FIELDS = frozenset((b"date", b"subject", b"from", b"to", b"cc", b"message-id", b"references", b"in-reply-to"))
 
 
 def keys_of_header(header):
     """The list kept under FIELD for a message whose header (bytes, any line ends) is given."""
-    values = {}
-    for name, raw in mime.header_fields(mime.canonical(header)):
-        if name in _FIELDS and name not in values:
-            values[name] = mime.field_value(raw)  # the first of each, as ENVELOPE takes
+    # The first of each, as ENVELOPE takes (mime.first_values: one pass over the header).
+    values = {name: v.decode("utf-8", "surrogateescape") for name, v in mime.first_values(header, _FIELDS).items()}
     get = values.get
     subject, reply = base_subject(get(b"subject") or "")
     ids = message_ids(get(b"message-id"))

@@ -1,0 +1,196 @@
+"""
+mailplat's Sieve interpreter against Pigeonhole's `sieve-test` (Debian's
+dovecot-sieve), which prints what a script would do with a message: for
+each script x message case of the table, the actions we choose (folders
+with their flags, redirect, reject, discard, keep) must equal its.
+
+CI installs dovecot-sieve (.ci/run); without it these tests fail when
+MAILPLAT_TEST_SIEVE_REQUIRED is set, and skip otherwise.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+from twisted.trial import unittest
+
+from mailplat.sieve import SieveMessage, SieveSyntaxError, compile_script, outcome
+from mailplat.sieve.core import Discard, FileInto, Keep, Redirect, Reject
+
+SIEVE_TEST = shutil.which("sieve-test") or "/usr/bin/sieve-test"
+
+PLAIN = (
+    b"From: Alice Example <alice@example.org>\n"
+    b"To: Bob <bob@example.test>, carol@example.test\n"
+    b"Cc: list@lists.example.net\n"
+    b"Subject: Your invoice for March\n"
+    b"Date: Mon, 4 Mar 2024 10:00:00 +0100\n"
+    b"Message-ID: <m1@example.org>\n"
+    b"X-Spam-Score: 7\n"
+    b"List-Id: <news.lists.example.net>\n"
+    b"\n"
+    b"Hello Bob,\nplease find the invoice attached.\n"
+)
+ENCODED = (
+    b"From: =?utf-8?q?J=C3=BCrgen?= <juergen@example.de>\n"
+    b"To: bob@example.test\n"
+    b"Subject: =?utf-8?b?R3LDvMOfZSBhdXMgQmVybGlu?=\n"
+    b"\n"
+    b"body\n"
+)
+BIG = b"From: big@example.com\nTo: bob@example.test\nSubject: large\n\n" + b"x" * 20000 + b"\n"
+MULTI = (
+    b"From: shop@example.com\nTo: bob@example.test\nSubject: order\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/alternative; boundary="b"\n\n'
+    b"--b\nContent-Type: text/plain; charset=utf-8\n\nYour order of a red bicycle\n"
+    b"--b\nContent-Type: text/html\n\n<p>Your order</p>\n--b--\n"
+)
+
+ENV = ("sender@example.org", "bob@example.test")
+
+# (name, script, message)
+CASES = [
+    ("empty", "", PLAIN),
+    ("keep", "keep;", PLAIN),
+    ("discard", "discard;", PLAIN),
+    ("stop-before-discard", "stop; discard;", PLAIN),
+    ("fileinto", 'require "fileinto"; fileinto "Bills";', PLAIN),
+    ("fileinto-inbox", 'require "fileinto"; fileinto "INBOX";', PLAIN),
+    ("fileinto-twice", 'require "fileinto"; fileinto "A"; fileinto "A";', PLAIN),
+    ("fileinto-copy", 'require ["fileinto", "copy"]; fileinto :copy "Bills";', PLAIN),
+    ("fileinto-and-keep", 'require "fileinto"; fileinto "A"; keep;', PLAIN),
+    ("redirect", 'redirect "other@example.net";', PLAIN),
+    ("redirect-copy", 'require "copy"; redirect :copy "other@example.net";', PLAIN),
+    ("reject", 'require "reject"; reject "not wanted";', PLAIN),
+    ("header-contains", 'require "fileinto"; if header :contains "subject" "invoice" { fileinto "Bills"; }', PLAIN),
+    ("header-contains-case", 'if header :contains "Subject" "INVOICE" { discard; }', PLAIN),
+    ("header-is", 'if header :is "subject" "Your invoice for March" { discard; }', PLAIN),
+    ("header-is-miss", 'if header :is "subject" "Your invoice" { discard; }', PLAIN),
+    ("header-matches", 'if header :matches "subject" "*invoice*March" { discard; }', PLAIN),
+    ("header-matches-q", 'if header :matches "subject" "Your ??voice*" { discard; }', PLAIN),
+    ("header-octet", 'if header :comparator "i;octet" :contains "subject" "INVOICE" { discard; }', PLAIN),
+    ("header-list", 'if header :contains ["x-nothing", "list-id"] ["foo", "news.lists"] { discard; }', PLAIN),
+    ("header-encoded", 'require "fileinto"; if header :contains "subject" "Grüße" { fileinto "DE"; }', ENCODED),
+    ("address-domain", 'if address :domain :is "from" "example.org" { discard; }', PLAIN),
+    ("address-localpart", 'if address :localpart :is "to" "carol" { discard; }', PLAIN),
+    ("address-all", 'if address :all :is "cc" "list@lists.example.net" { discard; }', PLAIN),
+    ("address-matches", 'if address :domain :matches "cc" "*.example.net" { discard; }', PLAIN),
+    ("address-encoded-name", 'if address :is "from" "juergen@example.de" { discard; }', ENCODED),
+    ("envelope-from", 'require "envelope"; if envelope :domain :is "from" "example.org" { discard; }', PLAIN),
+    ("envelope-to", 'require "envelope"; if envelope :localpart :is "to" "bob" { discard; }', PLAIN),
+    ("exists", 'if exists ["from", "x-spam-score"] { discard; }', PLAIN),
+    ("exists-miss", 'if exists ["from", "x-missing"] { discard; }', PLAIN),
+    ("size-over", "if size :over 10K { discard; }", BIG),
+    ("size-under", "if size :under 10K { discard; }", BIG),
+    ("size-under-small", "if size :under 1K { discard; }", PLAIN),
+    ("allof", 'if allof (header :contains "subject" "invoice", address :domain :is "from" "example.org") { discard; }', PLAIN),
+    ("anyof", 'if anyof (header :contains "subject" "nothing", exists "cc") { discard; }', PLAIN),
+    ("not", 'if not header :contains "subject" "invoice" { discard; }', PLAIN),
+    ("elsif", 'require "fileinto"; if header :is "subject" "x" { fileinto "A"; } '
+     'elsif header :contains "subject" "March" { fileinto "B"; } else { fileinto "C"; }', PLAIN),
+    ("else", 'require "fileinto"; if false { fileinto "A"; } elsif false { fileinto "B"; } else { fileinto "C"; }', PLAIN),
+    ("true-false", 'if true { if false { discard; } }', PLAIN),
+    ("numeric", 'require ["relational", "comparator-i;ascii-numeric"]; '
+     'if header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5" { discard; }', PLAIN),
+    ("numeric-lt", 'require ["relational", "comparator-i;ascii-numeric"]; '
+     'if header :value "lt" :comparator "i;ascii-numeric" "x-spam-score" "5" { discard; }', PLAIN),
+    ("count", 'require ["relational", "comparator-i;ascii-numeric"]; if address :count "eq" :comparator "i;ascii-numeric" "to" "2" { discard; }', PLAIN),
+    ("flags-keep", 'require "imap4flags"; addflag "\\\\Seen"; keep;', PLAIN),
+    ("flags-implicit", 'require "imap4flags"; setflag ["\\\\Flagged", "$Work"];', PLAIN),
+    ("flags-fileinto", 'require ["fileinto", "imap4flags"]; fileinto :flags "\\\\Answered" "A";', PLAIN),
+    ("flags-remove", 'require ["fileinto", "imap4flags"]; setflag "\\\\Seen \\\\Flagged"; removeflag "\\\\Seen"; fileinto "A";', PLAIN),
+    ("hasflag", 'require "imap4flags"; addflag "$Work"; if hasflag :is "$work" { discard; }', PLAIN),
+    ("body-text", 'require "body"; if body :text :contains "red bicycle" { discard; }', MULTI),
+    ("body-miss", 'require "body"; if body :contains "blue" { discard; }', MULTI),
+    ("multiline", 'require "fileinto";\nif header :contains "subject" text:\ninvoice\n.\n { fileinto "T"; }', PLAIN),
+    ("comments", '# a comment\n/* and\n another */ require "fileinto"; fileinto /* inline */ "C";', PLAIN),
+    # Scripts both must refuse.
+    ("refuse-unknown-require", 'require "no-such-extension"; keep;', PLAIN),
+    ("refuse-missing-require", 'fileinto "A";', PLAIN),
+    ("refuse-syntax", 'if header :is "a" "b" { keep; ', PLAIN),
+    ("refuse-require-late", 'keep; require "fileinto";', PLAIN),
+    ("refuse-else-alone", 'else { keep; }', PLAIN),
+    ("refuse-unknown-test", 'if nosuchtest { keep; }', PLAIN),
+    ("refuse-size-both", 'if size :over 1 :under 2 { keep; }', PLAIN),
+    ("redirect-and-fileinto", 'require "fileinto"; redirect "a@example.net"; fileinto "Copy";', PLAIN),
+]
+
+
+def sieve_test(script, message, workdir):
+    """Pigeonhole's verdict: [(kind, folder or address, flags)] and the implicit keep's, normalised."""
+    path = os.path.join(workdir, "s.sieve")
+    with open(path, "w") as f:
+        f.write(script)
+    mail = os.path.join(workdir, "m.eml")
+    with open(mail, "wb") as f:
+        f.write(message)
+    args = [SIEVE_TEST, "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if "final result: success" not in out.stderr + out.stdout:
+        return "refused"
+    actions, section = [], None
+    for line in out.stdout.splitlines():
+        text = line.strip()
+        if text.startswith("Performed actions:"):
+            section = "performed"
+        elif text.startswith("Implicit keep:"):
+            section = "implicit"
+        elif text.startswith("* ") and section:
+            body = text[2:]
+            if body.startswith("store message in folder: "):
+                actions.append(["store", body[len("store message in folder: "):], ()])
+            elif body == "discard":
+                actions.append(["discard", "", ()])
+            elif body.startswith("redirect message to: "):
+                actions.append(["redirect", body[len("redirect message to: "):].strip("<>"), ()])
+            elif body.startswith("reject message with reason: "):
+                actions.append(["reject", body[len("reject message with reason: "):], ()])
+            else:
+                actions.append(["other", body, ()])
+        elif text.startswith("+ add IMAP flags: ") and actions:
+            actions[-1][2] = tuple(sorted(f.lower() for f in text[len("+ add IMAP flags: "):].split()))
+    return [tuple(a) for a in actions]
+
+
+def ours(script, message):
+    try:
+        script = compile_script(script)
+    except SieveSyntaxError:
+        return "refused"
+    run = script.run(SieveMessage(message, *ENV))
+    out = []
+    for action in outcome(run):
+        if isinstance(action, (Keep, FileInto)):
+            out.append(("store", action.folder, tuple(sorted(f.lower() for f in action.flags))))
+        elif isinstance(action, Discard):
+            out.append(("discard", "", ()))
+        elif isinstance(action, Redirect):
+            out.append(("redirect", action.address, ()))
+        elif isinstance(action, Reject):
+            out.append(("reject", action.reason, ()))
+    return out
+
+
+class Oracle(unittest.TestCase):
+    def setUp(self):
+        if not os.path.exists(SIEVE_TEST):
+            if os.environ.get("MAILPLAT_TEST_SIEVE_REQUIRED"):
+                self.fail("sieve-test (Debian dovecot-sieve) is missing")
+            raise unittest.SkipTest("sieve-test (Debian dovecot-sieve) not installed")
+        self.workdir = tempfile.mkdtemp(prefix="mailplat-sieve-")
+        os.chmod(self.workdir, 0o777)  # sieve-test runs as nobody and writes the compiled script beside it
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+
+    def test_table(self):
+        self.assertGreaterEqual(len(CASES), 40)
+        mismatches = []
+        for name, script, message in CASES:
+            expected, got = sieve_test(script, message, self.workdir), ours(script, message)
+            if expected != "refused":
+                expected = sorted(expected)
+            if got != "refused":
+                got = sorted(got)
+            if expected != got:
+                mismatches.append(f"{name}: sieve-test {expected} != ours {got}")
+        self.assertEqual(mismatches, [])

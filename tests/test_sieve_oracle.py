@@ -47,7 +47,7 @@ MULTI = (
     b"--b\nContent-Type: text/html\n\n<p>Your order</p>\n--b--\n"
 )
 
-ENV = ("sender@example.org", "bob@example.test")
+ENV = ("sender@example.org", "bob+lists@example.test")
 
 # (name, script, message)
 CASES = [
@@ -78,7 +78,25 @@ CASES = [
     ("address-matches", 'if address :domain :matches "cc" "*.example.net" { discard; }', PLAIN),
     ("address-encoded-name", 'if address :is "from" "juergen@example.de" { discard; }', ENCODED),
     ("envelope-from", 'require "envelope"; if envelope :domain :is "from" "example.org" { discard; }', PLAIN),
-    ("envelope-to", 'require "envelope"; if envelope :localpart :is "to" "bob" { discard; }', PLAIN),
+    ("envelope-to", 'require "envelope"; if envelope :localpart :is "to" "bob+lists" { discard; }', PLAIN),
+    ("subaddress-user", 'require ["envelope", "subaddress"]; if envelope :user "to" "bob" { discard; }', PLAIN),
+    ("subaddress-detail", 'require ["envelope", "subaddress", "fileinto"]; if envelope :detail "to" "lists" { fileinto "L"; }', PLAIN),
+    ("subaddress-no-detail", 'require ["subaddress"]; if address :detail :matches "from" "*" { discard; }', PLAIN),
+    ("subaddress-empty-user", 'require ["subaddress"]; if address :user "cc" "list" { discard; }', PLAIN),
+    ("variables-set", 'require ["variables", "fileinto"]; set "box" "Archive"; fileinto "${box}";', PLAIN),
+    ("variables-match", 'require ["variables", "fileinto"]; '
+     'if header :matches "subject" "Your * for *" { fileinto "${1}-${2}"; }', PLAIN),
+    ("variables-lower", 'require ["variables", "fileinto"]; set :lower :upperfirst "x" "HELLO"; fileinto "${x}";', PLAIN),
+    ("variables-length", 'require ["variables", "fileinto"]; set :length "n" "abcd"; fileinto "n${n}";', PLAIN),
+    ("variables-string", 'require "variables"; set "a" "one"; if string :is "${a}" "one" { discard; }', PLAIN),
+    ("variables-unknown", 'require ["variables", "fileinto"]; fileinto "x${nothing}y";', PLAIN),
+    ("variables-list-id", 'require ["variables", "fileinto"]; '
+     'if header :matches "list-id" "*<*.lists.example.net>*" { fileinto "lists/${2}"; }', PLAIN),
+    ("variables-quotewildcard", 'require ["variables"]; set :quotewildcard "p" "a*b"; '
+     'if string :matches "a*b" "${p}" { discard; }', PLAIN),
+    ("encoded-hex", 'require ["encoded-character", "fileinto"]; fileinto "${hex:42 69 6c 6c 73}";', PLAIN),
+    ("encoded-unicode", 'require ["encoded-character", "fileinto"]; fileinto "${unicode:47 72 fc df 65}";', PLAIN),
+    ("encoded-not", 'require ["encoded-character", "fileinto"]; fileinto "${hex:zz}";', PLAIN),
     ("exists", 'if exists ["from", "x-spam-score"] { discard; }', PLAIN),
     ("exists-miss", 'if exists ["from", "x-missing"] { discard; }', PLAIN),
     ("size-over", "if size :over 10K { discard; }", BIG),

@@ -13,7 +13,7 @@ from mailplat.sieve.engine import COMPARING, MATCH_TYPES, command, extension, te
 
 for _name in (
     "fileinto", "envelope", "copy", "reject", "ereject", "imap4flags", "mailbox", "body",
-    "relational", "comparator-i;ascii-numeric",
+    "relational", "comparator-i;ascii-numeric", "subaddress", "encoded-character",
 ):
     extension(_name)
 
@@ -109,16 +109,17 @@ def _wildcard(pattern, fold):
             out.append(re.escape(pattern[i + 1]))
             i += 2
             continue
-        out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
+        out.append("(.*?)" if c == "*" else "(.)" if c == "?" else re.escape(c))
         i += 1
-    return re.compile("".join(out), re.S | (re.I if fold else 0))
+    # i;ascii-casemap folds ASCII letters only (re.A), never é to É.
+    return re.compile("".join(out), re.S | (re.I | re.A if fold else 0))
 
 
 RELATIONS = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b,
              "le": lambda a, b: a <= b, "eq": lambda a, b: a == b, "ne": lambda a, b: a != b}
 
 
-def compare(node, values, keys):
+def compare(node, values, keys, run=None):
     """RFC 5228 2.7: true when any value matches any key under the test's comparator and match type."""
     comparator = node.tags.get("comparator", "i;ascii-casemap")
     if "count" in node.tags:
@@ -140,8 +141,15 @@ def compare(node, values, keys):
             return any(_fold(k) in _fold(v) for v in values for k in keys)
         return any(k in v for v in values for k in keys)
     if "matches" in node.tags:
-        patterns = [_wildcard(_fold(k) if fold else k, False) for k in keys]
-        return any(p.fullmatch(_fold(v) if fold else v) for v in values for p in patterns)
+        patterns = [_wildcard(k, fold) for k in keys]
+        for v in values:
+            for p in patterns:
+                m = p.fullmatch(v)
+                if m is not None:
+                    if run is not None:
+                        run.matched([m.group(0)] + list(m.groups()))  # RFC 5229 3.2: ${0} .. ${9}
+                    return True
+        return False
     if fold:
         return any(_fold(v) == _fold(k) for v in values for k in keys)
     return any(v == k for v in values for k in keys)
@@ -211,7 +219,7 @@ def _stop(run, node):
 def _flags_of(run, node):
     """The flags a keep or fileinto stores with (RFC 5232 5: :flags, else the internal variable)."""
     if "flags" in node.tags:
-        return normalise_flags(node.tags["flags"])
+        return normalise_flags(run.x(node.tags["flags"]))
     return tuple(run.flags)
 
 
@@ -238,13 +246,15 @@ def _discard(run, node):
 @command("fileinto", extension="fileinto", tags={"copy": None, "flags": "string-list", "create": None},
          positional=("string",), check=_check_store)
 def _fileinto(run, node):
-    run.add(FileInto(node.args[0], _flags_of(run, node), "create" in node.tags), node, cancels_keep="copy" not in node.tags)
+    run.add(FileInto(run.x(node.args[0]), _flags_of(run, node), "create" in node.tags), node, cancels_keep="copy" not in node.tags)
 
 
 def _check_redirect(node, checker):
     if "copy" in node.tags and "copy" not in checker.required:
         return ":copy needs require \"copy\""
     address = node.args[0]
+    if "${" in address and "variables" in checker.required:
+        return None  # known only when the script runs (checked then, L{_redirect})
     if "@" not in address or address.startswith("@") or address.endswith("@") or any(c in address for c in " <>,\r\n"):
         return f"redirect to {address!r}: not a valid address"
     return None
@@ -252,17 +262,20 @@ def _check_redirect(node, checker):
 
 @command("redirect", tags={"copy": None}, positional=("string",), check=_check_redirect)
 def _redirect(run, node):
-    run.add(Redirect(node.args[0]), node, cancels_keep="copy" not in node.tags)
+    address = run.x(node.args[0])
+    if "@" not in address.strip("@") or any(c in address for c in " <>,\r\n"):
+        raise engine.SieveRuntimeError(f"redirect to {address!r}: not a valid address", node.line)
+    run.add(Redirect(address), node, cancels_keep="copy" not in node.tags)
 
 
 @command("reject", extension="reject", positional=("string",))
 def _reject(run, node):
-    run.add(Reject(node.args[0]), node)
+    run.add(Reject(run.x(node.args[0])), node)
 
 
 @command("ereject", extension="ereject", positional=("string",))
 def _ereject(run, node):
-    run.add(Reject(node.args[0], smtp_only=True), node)
+    run.add(Reject(run.x(node.args[0]), smtp_only=True), node)
 
 
 # --- imap4flags (RFC 5232) ------------------------------------------------------------------
@@ -284,32 +297,35 @@ def normalise_flags(values):
 
 @command("setflag", extension="imap4flags", positional=("string-list",))
 def _setflag(run, node):
-    run.flags = list(normalise_flags(node.args[0]))
+    run.flags = list(normalise_flags(run.x(node.args[0])))
 
 
 @command("addflag", extension="imap4flags", positional=("string-list",))
 def _addflag(run, node):
-    run.flags = list(normalise_flags(run.flags + list(normalise_flags(node.args[0]))))
+    run.flags = list(normalise_flags(run.flags + list(normalise_flags(run.x(node.args[0])))))
 
 
 @command("removeflag", extension="imap4flags", positional=("string-list",))
 def _removeflag(run, node):
-    gone = {f.lower() for f in normalise_flags(node.args[0])}
+    gone = {f.lower() for f in normalise_flags(run.x(node.args[0]))}
     run.flags = [f for f in run.flags if f.lower() not in gone]
 
 
 @test("hasflag", extension="imap4flags", tags=MATCHING, exclusive=(MATCH_GROUP,), positional=("string-list",),
       check=_check_match)
 def _hasflag(run, node):
-    return compare(node, list(run.flags), node.args[0])
+    return compare(node, list(run.flags), run.x(node.args[0]), run)
 
 
 # --- tests (RFC 5228 5) ------------------------------------------------------------------------
 
-ADDRESS_PARTS = ("all", "localpart", "domain")
+ADDRESS_PARTS = ("all", "localpart", "domain", "user", "detail")
+ADDRESSING = dict(MATCHING, all=None, localpart=None, domain=None, user=None, detail=None)
+DELIMITER = "+"  # RFC 5233's separator; the filter sets [delivery] recipient_delimiter
 
 
 def _part(address, node):
+    """The part of an address the test compares; None when it has none (a :detail with no separator)."""
     local, at, domain = address.rpartition("@")
     if not at:
         local, domain = address, ""
@@ -317,42 +333,54 @@ def _part(address, node):
         return local
     if "domain" in node.tags:
         return domain
+    if "user" in node.tags or "detail" in node.tags:
+        # RFC 5233 4: user and detail either side of the first separator.
+        user, sep, detail = local.partition(DELIMITER)
+        if "user" in node.tags:
+            return user
+        return detail if sep else None
     return address
 
 
-@test("address", tags=dict(MATCHING, all=None, localpart=None, domain=None),
-      exclusive=(MATCH_GROUP, ADDRESS_PARTS), positional=("string-list", "string-list"), check=_check_match)
+def _check_address(node, checker):
+    if ("user" in node.tags or "detail" in node.tags) and "subaddress" not in checker.required:
+        return ":user and :detail need require \"subaddress\""
+    return _check_match(node, checker)
+
+
+@test("address", tags=ADDRESSING, exclusive=(MATCH_GROUP, ADDRESS_PARTS), positional=("string-list", "string-list"),
+      check=_check_address)
 def _address(run, node):
     values = []
-    for name in node.args[0]:
+    for name in run.x(node.args[0]):
         values += [_part(a, node) for a in run.message.addresses(name)]
-    return compare(node, values, node.args[1])
+    return compare(node, [v for v in values if v is not None], run.x(node.args[1]), run)
 
 
-@test("envelope", extension="envelope", tags=dict(MATCHING, all=None, localpart=None, domain=None),
-      exclusive=(MATCH_GROUP, ADDRESS_PARTS), positional=("string-list", "string-list"), check=_check_match)
+@test("envelope", extension="envelope", tags=ADDRESSING, exclusive=(MATCH_GROUP, ADDRESS_PARTS),
+      positional=("string-list", "string-list"), check=_check_address)
 def _envelope(run, node):
     values = []
-    for part in node.args[0]:
+    for part in run.x(node.args[0]):
         part = part.lower()
         if part == "from":
             values.append(_part(run.message.envelope_from, node) if run.message.envelope_from else "")
         elif part == "to":
             values.append(_part(run.message.envelope_to, node))
-    return compare(node, values, node.args[1])
+    return compare(node, [v for v in values if v is not None], run.x(node.args[1]), run)
 
 
 @test("header", tags=MATCHING, exclusive=(MATCH_GROUP,), positional=("string-list", "string-list"), check=_check_match)
 def _header(run, node):
     values = []
-    for name in node.args[0]:
+    for name in run.x(node.args[0]):
         values += run.message.headers(name)
-    return compare(node, values, node.args[1])
+    return compare(node, values, run.x(node.args[1]), run)
 
 
 @test("exists", positional=("string-list",))
 def _exists(run, node):
-    return all(run.message.has(name) for name in node.args[0])
+    return all(run.message.has(name) for name in run.x(node.args[0]))
 
 
 def _check_size(node, checker):
@@ -363,7 +391,7 @@ def _check_size(node, checker):
 
 @test("size", tags={"over": None, "under": None}, positional=("number",), check=_check_size)
 def _size(run, node):
-    limit = node.args[0]
+    limit = run.x(node.args[0])
     return run.message.size > limit if "over" in node.tags else run.message.size < limit
 
 
@@ -403,7 +431,7 @@ def _body(run, node):
         values = run.message.body_text()
     if "matches" not in node.tags and "is" not in node.tags:
         node.tags.setdefault("contains", True)  # RFC 5173 5: :contains is the default here
-    return compare(node, values, node.args[0])
+    return compare(node, values, run.x(node.args[0]), run)
 
 
 engine.Keep = Keep  # the implicit keep's action, for the callers

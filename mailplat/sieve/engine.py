@@ -15,11 +15,17 @@ with L{command} and L{test}; L{mailplat.sieve.core} has RFC 5228's own.
 """
 
 import importlib
+import re
 
 from mailplat.sieve.grammar import Command, SieveSyntaxError, Tag, parse
 
 MAX_STEPS = 100_000  # commands and tests evaluated in one run
 MAX_ACTIONS = 128  # actions one run may take (RFC 5228 2.10.5 lets a server refuse more)
+
+MAX_VARIABLE = 4096  # characters a variable holds (RFC 5229 6 lets a server truncate)
+
+# RFC 5229 3: ${name} (identifier with dots for namespaces) or ${digits}.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*|[0-9]+)\}")
 
 COMMANDS = {}  # name -> Spec
 TESTS = {}
@@ -133,6 +139,8 @@ class _Checker:
             self.fail(f"'{cmd.name}' needs require \"{spec.extension}\"", cmd)
         tags, args = {}, []
         items = cmd.arguments
+        if "encoded-character" in self.required:
+            items = [_decode_encoded(v) for v in items]
         i = 0
         while i < len(items):
             item = items[i]
@@ -190,6 +198,33 @@ class _Checker:
         return node
 
 
+_ENCODED = re.compile(r"\$\{(hex|unicode):([^}]*)\}", re.I)
+
+
+def _decode_encoded(value):
+    """RFC 5228 2.4.2.4 encoded-character: ${hex:40 41} and ${unicode:1F600} in strings."""
+    if isinstance(value, list):
+        return [_decode_encoded(v) for v in value]
+    if isinstance(value, Tag) or not isinstance(value, str) or "${" not in value:
+        return value
+
+    def one(m):
+        words = m.group(2).split()
+        if not words or not all(all(c in "0123456789abcdefABCDEF" for c in w) for w in words):
+            return m.group(0)  # not an encoding: left as written (2.4.2.4)
+        if m.group(1).lower() == "hex":
+            try:
+                return bytes(int(w, 16) for w in words).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                return m.group(0)
+        try:
+            return "".join(chr(int(w, 16)) for w in words)
+        except (ValueError, OverflowError):
+            return m.group(0)
+
+    return _ENCODED.sub(one, value)
+
+
 class Script:
     """A compiled script: run it with L{run}."""
 
@@ -205,7 +240,7 @@ class Script:
             and `implicit_keep` tells whether the message is kept as well.
         @raise SieveRuntimeError: the run failed; keep the message.
         """
-        run = Run(message, environment or {})
+        run = Run(message, environment or {}, self.required)
         try:
             run.block(self.nodes)
         except _Stop:
@@ -220,14 +255,37 @@ class _Stop(Exception):
 class Run:
     """One run's state: the message, the actions so far, the budget."""
 
-    def __init__(self, message, environment):
+    def __init__(self, message, environment, required=frozenset()):
         self.message = message
         self.environment = environment
         self.actions = []
         self.implicit_keep = True
         self.steps = 0
         self.flags = []  # imap4flags' internal variable (RFC 5232 3)
-        self.variables = {}
+        self.variables = {}  # RFC 5229: names lowercased
+        self.match = []  # ${0} .. ${9} of the last :matches that matched
+        self.expanding = "variables" in required
+
+    def x(self, value):
+        """A string argument as the command sees it: with ${...} substituted under variables (RFC 5229 3)."""
+        if not self.expanding or isinstance(value, int):
+            return value
+        if isinstance(value, list):
+            return [self.x(v) for v in value]
+        if "${" not in value:
+            return value
+        return _VARIABLE.sub(self._value_of, value)
+
+    def _value_of(self, m):
+        name = m.group(1)
+        if name.isdigit():
+            n = int(name)
+            return self.match[n] if n < len(self.match) else ""
+        return self.variables.get(name.lower(), "")
+
+    def matched(self, groups):
+        if self.expanding:
+            self.match = groups[:10]
 
     def step(self, node):
         self.steps += 1
@@ -274,7 +332,8 @@ def compile_script(text):
     @raise SieveSyntaxError: with line and column, for syntax errors,
         unknown commands, missing `require`s and bad arguments alike.
     """
-    importlib.import_module("mailplat.sieve.core")  # registers the base language and common extensions
+    for module in ("core", "variables"):
+        importlib.import_module("mailplat.sieve." + module)  # each registers its commands and tests
 
     tree = parse(text)
     checker = _Checker()

@@ -17,10 +17,13 @@ from twisted.trial import unittest
 
 from mailplat.sieve import SieveMessage, SieveSyntaxError, compile_script, outcome
 from mailplat.sieve.core import Discard, FileInto, Keep, Redirect, Reject
+from mailplat.sieve.vacation import Vacation
 
 SIEVE_TEST = shutil.which("sieve-test") or "/usr/bin/sieve-test"
 
 PLAIN = (
+    b"Received: from a.example.org by b.example.org; Sun, 3 Mar 2024 23:59:00 -0800\n"
+    b"Received: from c.example.org by a.example.org; Sun, 3 Mar 2024 23:58:00 -0800\n"
     b"From: Alice Example <alice@example.org>\n"
     b"To: Bob <bob@example.test>, carol@example.test\n"
     b"Cc: list@lists.example.net\n"
@@ -123,6 +126,34 @@ CASES = [
     ("body-miss", 'require "body"; if body :contains "blue" { discard; }', MULTI),
     ("multiline", 'require "fileinto";\nif header :contains "subject" text:\ninvoice\n.\n { fileinto "T"; }', PLAIN),
     ("comments", '# a comment\n/* and\n another */ require "fileinto"; fileinto /* inline */ "C";', PLAIN),
+    ("vacation", 'require "vacation"; vacation :days 3 "I am away";', PLAIN),
+    ("vacation-and-fileinto", 'require ["vacation", "fileinto"]; vacation "away"; fileinto "Held";', PLAIN),
+    ("vacation-seconds", 'require ["vacation", "vacation-seconds"]; vacation :seconds 3600 :subject "Out" "away";', PLAIN),
+    ("vacation-in-branch", 'require "vacation"; if header :contains "subject" "nothing" { vacation "x"; }', PLAIN),
+    ("refuse-vacation-seconds", 'require "vacation"; vacation :seconds 60 "away";', PLAIN),
+    ("date-year", 'require "date"; if date :originalzone :is "date" "year" "2024" { discard; }', PLAIN),
+    ("date-zone", 'require ["date", "fileinto", "variables"]; '
+     'if date :zone "+0000" :matches "date" "time" "*" { fileinto "t${0}"; }', PLAIN),
+    ("date-weekday", 'require ["date", "fileinto", "variables"]; '
+     'if date :originalzone :matches "date" "weekday" "*" { fileinto "w${0}"; }', PLAIN),
+    ("date-iso", 'require ["date", "fileinto", "variables"]; '
+     'if date :zone "+0530" :matches "date" "iso8601" "*" { fileinto "${0}"; }', PLAIN),
+    ("date-julian", 'require ["date", "fileinto", "variables"]; '
+     'if date :zone "+0000" :matches "date" "julian" "*" { fileinto "j${0}"; }', PLAIN),
+    ("date-zone-part", 'require ["date", "fileinto", "variables"]; '
+     'if date :originalzone :matches "date" "zone" "*" { fileinto "z${0}"; }', PLAIN),
+    ("date-received", 'require ["date", "fileinto", "variables"]; '
+     'if date :originalzone :matches "received" "date" "*" { fileinto "r${0}"; }', PLAIN),
+    ("date-relational", 'require ["date", "relational"]; if date :zone "+0000" :value "ge" "date" "hour" "09" { discard; }', PLAIN),
+    ("currentdate", 'require ["date", "relational"]; if currentdate :value "ge" "year" "2024" { discard; }', PLAIN),
+    ("index-header", 'require ["index", "fileinto", "variables"]; '
+     'if header :index 2 :matches "received" "from *" { fileinto "${1}"; }', PLAIN),
+    ("index-last", 'require ["index", "fileinto", "variables"]; '
+     'if header :index 1 :last :matches "received" "from * by*" { fileinto "${1}"; }', PLAIN),
+    ("index-address", 'require ["index"]; if address :index 1 :is "to" "carol@example.test" { discard; }', PLAIN),
+    ("index-date", 'require ["index", "date", "fileinto", "variables"]; '
+     'if date :index 1 :last :originalzone :matches "date" "time" "*" { fileinto "${0}"; }', PLAIN),
+    ("refuse-index-missing", 'if header :index 1 "subject" "x" { discard; }', PLAIN),
     # Scripts both must refuse.
     ("refuse-unknown-require", 'require "no-such-extension"; keep;', PLAIN),
     ("refuse-missing-require", 'fileinto "A";', PLAIN),
@@ -143,7 +174,7 @@ def sieve_test(script, message, workdir):
     mail = os.path.join(workdir, "m.eml")
     with open(mail, "wb") as f:
         f.write(message)
-    args = [SIEVE_TEST, "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
+    args = [SIEVE_TEST, "-x", "+vacation-seconds", "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30)
     if "final result: success" not in out.stderr + out.stdout:
         return "refused"
@@ -162,6 +193,8 @@ def sieve_test(script, message, workdir):
                 actions.append(["discard", "", ()])
             elif body.startswith("redirect message to: "):
                 actions.append(["redirect", body[len("redirect message to: "):].strip("<>"), ()])
+            elif body.startswith("send vacation message"):
+                actions.append(["vacation", "", ()])
             elif body.startswith("reject message with reason: "):
                 actions.append(["reject", body[len("reject message with reason: "):], ()])
             else:
@@ -187,6 +220,8 @@ def ours(script, message):
             out.append(("redirect", action.address, ()))
         elif isinstance(action, Reject):
             out.append(("reject", action.reason, ()))
+        elif isinstance(action, Vacation):
+            out.append(("vacation", "", ()))
     return out
 
 

@@ -332,7 +332,7 @@ def compile_script(text):
     @raise SieveSyntaxError: with line and column, for syntax errors,
         unknown commands, missing `require`s and bad arguments alike.
     """
-    for module in ("core", "variables"):
+    for module in ("core", "variables", "vacation", "dates"):
         importlib.import_module("mailplat.sieve." + module)  # each registers its commands and tests
 
     tree = parse(text)

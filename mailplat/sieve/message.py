@@ -71,10 +71,13 @@ class SieveMessage:
         """The addr-specs of every `name` field (RFC 5228 5.1); a group's members are its addresses."""
         out = []
         for value in self.raw_headers(name):
-            for display, address in email.utils.getaddresses([value]):
-                if address or display:
-                    out.append(address)
+            out += self.addresses_of(value)
         return out
+
+    @staticmethod
+    def addresses_of(value):
+        """The addr-specs of one field's value."""
+        return [address for display, address in email.utils.getaddresses([value]) if address or display]
 
     def body_text(self):
         """The message as text/plain parts for the body test (decoded transfer encodings)."""

@@ -1,0 +1,193 @@
+"""
+Sieve at local delivery: for each recipient with an active script, the
+folders the message goes to.
+
+Scripts live as Pigeonhole keeps them, so a Dovecot user's scripts work
+unchanged: `<home>/sieve/NAME.sieve`, the active one the symlink
+`<home>/.dovecot.sieve`. "home" is `[sieve] home` (default
+`state_dir/home/%d/%n`), a tree of its own beside the mail, because
+neither store layout has room for it: a maildir's subdirectories and an
+mbox tree's files are both folders.
+
+A script is compiled when it is first used and again when its file
+changes. Whatever goes wrong — a script that no longer compiles, a run
+that fails or hits a limit — the message is kept in the folder it would
+have gone to without Sieve (RFC 5228 2.10.6), and one line is logged with
+the user and the script's line. A broken script never loses mail.
+"""
+
+import os
+
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from mailplat.sieve import SieveMessage, SieveRuntimeError, SieveSyntaxError, compile_script, outcome
+from mailplat.sieve.core import FileInto, Keep, Redirect, Reject
+from mailplat.sieve.vacation import Memory, Vacation, build, should_reply
+
+log = Logger()
+
+ACTIVE = ".dovecot.sieve"
+BODY_LIMIT = 1024 * 1024  # octets of a message a script's body test sees
+
+
+MAX_REDIRECTS = 4  # per message and recipient (Pigeonhole's sieve_max_redirects)
+
+
+class Decision:
+    """What the scripts decided for one recipient."""
+
+    def __init__(self, folders, actions=(), error=None, redirects=(), reply=None, reject=None):
+        self.folders = folders  # [(folder, flags)]: one copy each; empty: discarded
+        self.actions = list(actions)  # every action, for the log
+        self.error = error
+        self.redirects = list(redirects)  # addresses to send the message on to (the relay queue)
+        self.reply = reply  # a vacation reply's bytes, to the envelope sender, or None
+        self.reject = reject  # the reason when the script refused the message (RFC 5429)
+
+
+class SieveFilter:
+    def __init__(self, home, hostname="localhost"):
+        self.home_template = home
+        self.hostname = hostname  # for the Message-ID of vacation replies
+        self._compiled = {}  # path -> ((mtime_ns, size), Script or SieveSyntaxError)
+
+    def home(self, address):
+        local, _, domain = address.rpartition("@")
+        return self.home_template.replace("%d", domain).replace("%n", local).replace("%u", address)
+
+    def decide(self, address, sender, source, default_folder):
+        """Deferred firing with a L{Decision} (run in the thread pool: reading the message and the script)."""
+        return threads.deferToThread(self._decide, address, sender, source, default_folder)
+
+    def _script(self, address):
+        path = os.path.join(self.home(address), ACTIVE)
+        try:
+            st = os.stat(path)  # follows the symlink to the active script
+        except FileNotFoundError:
+            return None, path
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._compiled.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], path
+        try:
+            with open(path, "rb") as f:
+                compiled = compile_script(f.read())
+        except SieveSyntaxError as e:
+            compiled = e
+            log.error("sieve: {user}: active script {script} does not compile ({error}); mail is kept", user=address, script=_name(path), error=e)
+        self._compiled[path] = (stamp, compiled)
+        return compiled, path
+
+    def _decide(self, address, sender, source, default_folder):
+        keep_default = Decision([(default_folder, ())])
+        try:
+            script, path = self._script(address)
+        except OSError as e:
+            log.error("sieve: {user}: cannot read the active script ({error}); mail is kept", user=address, error=e)
+            return Decision(keep_default.folders, error=e)
+        if script is None:
+            return keep_default
+        if isinstance(script, SieveSyntaxError):
+            return Decision(keep_default.folders, error=script)
+        data = _read_start(source, BODY_LIMIT)
+        message = SieveMessage(data, sender, address, size=source.size)
+        try:
+            run = script.run(message)
+        except SieveRuntimeError as e:
+            log.error("sieve: {user}: {script} stopped at {error}; mail is kept", user=address, script=_name(path), error=e)
+            return Decision(keep_default.folders, error=e)
+        actions = outcome(run)
+        folders, redirects, reply, reject = [], [], None, None
+        for action in actions:
+            if isinstance(action, Keep):
+                folders.append((default_folder, action.flags))
+            elif isinstance(action, FileInto):
+                folder = "INBOX" if action.folder.upper() == "INBOX" else action.folder
+                if (folder, action.flags) not in folders:
+                    folders.append((folder, action.flags))
+            elif isinstance(action, Redirect):
+                redirects.append(action.address)
+            elif isinstance(action, Reject):
+                reject = action.reason
+            elif isinstance(action, Vacation):
+                reply = self._reply(message, address, action)
+        if redirects:
+            # RFC 5228 4.2: no loops. A message we already delivered to this
+            # user (our Delivered-To on it) is kept, not sent on again.
+            seen = {v.strip().strip("<>").lower() for v in message.raw_headers("delivered-to")}
+            if address.lower() in seen:
+                log.warn("sieve: {user}: redirect loop (Delivered-To is already this user); the message is kept", user=address)
+                redirects = []
+                if not folders:
+                    folders.append((default_folder, ()))
+            elif len(redirects) > MAX_REDIRECTS:
+                log.warn("sieve: {user}: {n} redirects, at most {max} are sent", user=address, n=len(redirects), max=MAX_REDIRECTS)
+                redirects = redirects[:MAX_REDIRECTS]
+        return Decision(folders, actions, redirects=redirects, reply=reply, reject=reject)
+
+    def _reply(self, message, address, vacation):
+        """The vacation reply's bytes, or None (RFC 5230 4.5-4.6 rules, response memory)."""
+        why_not = should_reply(message, address, vacation)
+        if why_not is not None:
+            log.info("sieve: {user}: no vacation reply to <{sender}>: {why}", user=address, sender=message.envelope_from, why=why_not)
+            return None
+        if not Memory(self.home(address)).due(message.envelope_from, vacation):
+            return None  # answered within the period
+        return build(message, address, vacation, self.hostname)
+
+
+def reject_notice(source, user, sender, reason, hostname):
+    """
+    The message telling `sender` that `user`'s script refused its mail
+    (RFC 5429 2.1, when the SMTP reply could not carry it: several
+    recipients). A plain auto-reply with the original header attached.
+    """
+    import email.utils
+
+    data = _read_start(source, 64 * 1024)
+    end = data.find(b"\n\n")
+    header = data[: end + 1] if end >= 0 else data
+    subject = SieveMessage(data).headers("subject")
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname or 'localhost'}>",
+        f"To: {sender}",
+        "Subject: Rejected: " + " ".join((subject[0] if subject else "").split())[:150],
+        f"Date: {email.utils.formatdate()}",
+        f"Message-ID: {email.utils.make_msgid(domain=hostname or 'localhost')}",
+        "Auto-Submitted: auto-replied (rejected)",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/mixed; boundary="reject-notice"',
+        "",
+        "--reject-notice",
+        "Content-Type: text/plain; charset=utf-8",
+        "",
+        f"Your message to <{user}> was rejected by the recipient's filter:",
+        "",
+        reason.replace("\r\n", "\n"),
+        "",
+        "--reject-notice",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    body = "\n".join(lines).encode("utf-8") + header + b"\n--reject-notice--\n"
+    from mailplat.store.source import BytesSource
+
+    return BytesSource(body)
+
+
+def _read_start(source, limit):
+    """Up to `limit` octets of the message (a read may return less than asked: loop)."""
+    chunks, left = [], limit
+    with source.open() as f:
+        while left > 0:
+            chunk = f.read(min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _name(path):
+    return os.path.basename(os.path.realpath(path))

@@ -241,15 +241,38 @@ class Script:
         @raise SieveRuntimeError: the run failed; keep the message.
         """
         run = Run(message, environment or {}, self.required)
-        try:
-            run.block(self.nodes)
-        except _Stop:
-            pass
+        self.run_in(run)
         return run
 
+    def run_in(self, run):
+        """
+        Run this script inside `run` (the next of a chain: [sieve] before,
+        the user's, after), sharing its actions and implicit keep; its own
+        variables start empty. True when it ended with `stop`, which ends
+        the chain too.
+        """
+        saved = run.variables, run.expanding, run.declared
+        run.variables, run.expanding, run.declared = {}, "variables" in self.required, set()
+        try:
+            run.block(self.nodes)
+        except Stop:
+            return True
+        except Return:
+            pass  # RFC 6609 3.2: return at the top ends the script only
+        finally:
+            run.variables, run.expanding, run.declared = saved
+        return False
 
-class _Stop(Exception):
+
+class Stop(Exception):
     pass
+
+
+class Return(Exception):
+    pass
+
+
+_Stop = Stop
 
 
 class Run:
@@ -265,6 +288,10 @@ class Run:
         self.variables = {}  # RFC 5229: names lowercased
         self.match = []  # ${0} .. ${9} of the last :matches that matched
         self.expanding = "variables" in required
+        self.declared = set()  # names this script declared `global` (RFC 6609 4)
+        self.globals = {}  # the values of global variables, shared by included scripts
+        self.included = set()  # scripts already included with :once
+        self.depth = 0  # include nesting
 
     def x(self, value):
         """A string argument as the command sees it: with ${...} substituted under variables (RFC 5229 3)."""
@@ -281,7 +308,24 @@ class Run:
         if name.isdigit():
             n = int(name)
             return self.match[n] if n < len(self.match) else ""
-        return self.variables.get(name.lower(), "")
+        return self.get_variable(name)
+
+    def get_variable(self, name):
+        name = name.lower()
+        if name.startswith("global."):
+            return self.globals.get(name[len("global."):], "")
+        if name in self.declared:
+            return self.globals.get(name, "")
+        return self.variables.get(name, "")
+
+    def set_variable(self, name, value):
+        name = name.lower()
+        if name.startswith("global."):
+            self.globals[name[len("global."):]] = value
+        elif name in self.declared:
+            self.globals[name] = value
+        else:
+            self.variables[name] = value
 
     def matched(self, groups):
         if self.expanding:
@@ -332,7 +376,7 @@ def compile_script(text):
     @raise SieveSyntaxError: with line and column, for syntax errors,
         unknown commands, missing `require`s and bad arguments alike.
     """
-    for module in ("core", "variables", "vacation", "dates"):
+    for module in ("core", "variables", "vacation", "dates", "duplicate", "include"):
         importlib.import_module("mailplat.sieve." + module)  # each registers its commands and tests
 
     tree = parse(text)

@@ -23,6 +23,8 @@ from twisted.logger import Logger
 
 from mailplat.sieve import SieveMessage, SieveRuntimeError, SieveSyntaxError, compile_script, outcome
 from mailplat.sieve.core import FileInto, Keep, Redirect, Reject
+from mailplat.sieve.duplicate import Tracker
+from mailplat.sieve.engine import Run
 from mailplat.sieve.vacation import Memory, Vacation, build, should_reply
 
 log = Logger()
@@ -47,9 +49,11 @@ class Decision:
 
 
 class SieveFilter:
-    def __init__(self, home, hostname="localhost"):
+    def __init__(self, home, hostname="localhost", before=(), after=(), global_dir=None):
         self.home_template = home
         self.hostname = hostname  # for the Message-ID of vacation replies
+        self.before, self.after = list(before), list(after)  # [sieve] before / after: every user's mail
+        self.global_dir = global_dir  # include :global (RFC 6609)
         self._compiled = {}  # path -> ((mtime_ns, size), Script or SieveSyntaxError)
 
     def home(self, address):
@@ -62,22 +66,40 @@ class SieveFilter:
 
     def _script(self, address):
         path = os.path.join(self.home(address), ACTIVE)
+        return self._compile(path, address), path
+
+    def _compile(self, path, address):
+        """The compiled script at `path` (cached while the file is unchanged), a SieveSyntaxError, or None."""
         try:
             st = os.stat(path)  # follows the symlink to the active script
         except FileNotFoundError:
-            return None, path
+            return None
         stamp = (st.st_mtime_ns, st.st_size)
         cached = self._compiled.get(path)
         if cached is not None and cached[0] == stamp:
-            return cached[1], path
+            return cached[1]
         try:
             with open(path, "rb") as f:
                 compiled = compile_script(f.read())
         except SieveSyntaxError as e:
             compiled = e
-            log.error("sieve: {user}: active script {script} does not compile ({error}); mail is kept", user=address, script=_name(path), error=e)
+            log.error("sieve: {user}: script {script} does not compile ({error}); it is not run", user=address, script=_name(path), error=e)
         self._compiled[path] = (stamp, compiled)
-        return compiled, path
+        return compiled
+
+    def _loader(self, address):
+        """include's scripts (RFC 6609 3): the user's own, or the global ones."""
+
+        def load(name, where):
+            base = os.path.join(self.home(address), "sieve") if where == "personal" else self.global_dir
+            if not base:
+                return None
+            script = self._compile(os.path.join(base, name + ".sieve"), address)
+            if isinstance(script, SieveSyntaxError):
+                raise SieveRuntimeError(f"include: {name} does not compile ({script})", 0)
+            return script
+
+        return load
 
     def _decide(self, address, sender, source, default_folder):
         keep_default = Decision([(default_folder, ())])
@@ -86,14 +108,21 @@ class SieveFilter:
         except OSError as e:
             log.error("sieve: {user}: cannot read the active script ({error}); mail is kept", user=address, error=e)
             return Decision(keep_default.folders, error=e)
-        if script is None:
-            return keep_default
         if isinstance(script, SieveSyntaxError):
             return Decision(keep_default.folders, error=script)
+        chain = [self._compile(p, address) for p in self.before] + [script] + [self._compile(p, address) for p in self.after]
+        chain = [c for c in chain if c is not None and not isinstance(c, SieveSyntaxError)]
+        if not chain:
+            return keep_default
         data = _read_start(source, BODY_LIMIT)
         message = SieveMessage(data, sender, address, size=source.size)
+        environment = {"include": self._loader(address), "duplicates": Tracker(self.home(address))}
+        run = Run(message, environment)
         try:
-            run = script.run(message)
+            # [sieve] before, the user's script, [sieve] after: one run, one result; stop ends it.
+            for compiled in chain:
+                if compiled.run_in(run):
+                    break
         except SieveRuntimeError as e:
             log.error("sieve: {user}: {script} stopped at {error}; mail is kept", user=address, script=_name(path), error=e)
             return Decision(keep_default.folders, error=e)

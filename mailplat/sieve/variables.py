@@ -23,6 +23,8 @@ _MODIFIERS = {
 
 def _check_set(node, checker):
     name = node.args[0]
+    if name.lower().startswith("global.") and "include" in checker.required:
+        name = name[len("global."):]  # RFC 6609 5: the global namespace
     if not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name):
         return f"set: {name!r} is not a variable name"
     for a, b in (("lower", "upper"), ("lowerfirst", "upperfirst")):
@@ -36,7 +38,7 @@ def _set(run, node):
     value = run.x(node.args[1])
     for modifier in sorted((m for m in _MODIFIERS if m in node.tags), key=lambda m: -_MODIFIERS[m][0]):
         value = _MODIFIERS[modifier][1](value)
-    run.variables[node.args[0].lower()] = value[: engine.MAX_VARIABLE]
+    run.set_variable(node.args[0], value[: engine.MAX_VARIABLE])
 
 
 @test("string", extension="variables", tags=MATCHING, exclusive=(MATCH_GROUP,), positional=("string-list", "string-list"),

@@ -154,6 +154,14 @@ CASES = [
     ("index-date", 'require ["index", "date", "fileinto", "variables"]; '
      'if date :index 1 :last :originalzone :matches "date" "time" "*" { fileinto "${0}"; }', PLAIN),
     ("refuse-index-missing", 'if header :index 1 "subject" "x" { discard; }', PLAIN),
+    ("editheader-add", 'require ["editheader"]; addheader "X-Tag" "one"; if header :is "x-tag" "one" { discard; }', PLAIN),
+    ("editheader-delete", 'require ["editheader"]; deleteheader "x-spam-score"; if exists "x-spam-score" { discard; }', PLAIN),
+    ("editheader-delete-value", 'require ["editheader"]; addheader "X-A" "1"; addheader "X-A" "2"; '
+     'deleteheader :is "x-a" "2"; if header :is "x-a" "2" { discard; }', PLAIN),
+    ("editheader-index", 'require ["editheader", "index", "fileinto", "variables"]; addheader :last "X-B" "first"; '
+     'addheader :last "X-B" "second"; deleteheader :index 1 "x-b"; if header :matches "x-b" "*" { fileinto "${0}"; }', PLAIN),
+    ("editheader-protected", 'require ["editheader"]; deleteheader "received"; if exists "received" { discard; }', PLAIN),
+    ("duplicate-first", 'require "duplicate"; if duplicate { discard; }', PLAIN),
     # Scripts both must refuse.
     ("refuse-unknown-require", 'require "no-such-extension"; keep;', PLAIN),
     ("refuse-missing-require", 'fileinto "A";', PLAIN),
@@ -174,7 +182,7 @@ def sieve_test(script, message, workdir):
     mail = os.path.join(workdir, "m.eml")
     with open(mail, "wb") as f:
         f.write(message)
-    args = [SIEVE_TEST, "-x", "+vacation-seconds", "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
+    args = [SIEVE_TEST, "-x", "+vacation-seconds +editheader", "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30)
     if "final result: success" not in out.stderr + out.stdout:
         return "refused"
@@ -193,6 +201,8 @@ def sieve_test(script, message, workdir):
                 actions.append(["discard", "", ()])
             elif body.startswith("redirect message to: "):
                 actions.append(["redirect", body[len("redirect message to: "):].strip("<>"), ()])
+            elif body.startswith("track duplicate"):
+                continue  # duplicate's bookkeeping, not an action on the message
             elif body.startswith("send vacation message"):
                 actions.append(["vacation", "", ()])
             elif body.startswith("reject message with reason: "):

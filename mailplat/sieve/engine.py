@@ -51,8 +51,10 @@ class Spec:
     the `require` it needs (None for the base language).
     """
 
-    def __init__(self, name, run, extension=None, tags=None, exclusive=(), positional=(), tests=0, block=False, check=None):
+    def __init__(self, name, run, extension=None, tags=None, exclusive=(), positional=(), tests=0, block=False, check=None,
+                 optional=0):
         self.name, self.run, self.extension = name, run, extension
+        self.optional = optional  # how many of the last positional arguments may be left out
         self.tags = dict(tags or {})
         self.exclusive = [frozenset(g) for g in exclusive]
         self.positional = tuple(positional)
@@ -164,8 +166,9 @@ class _Checker:
         for group in spec.exclusive:
             if len(group & tags.keys()) > 1:
                 self.fail(f"only one of {', '.join(':' + t for t in sorted(group))} may be given", cmd)
-        if len(args) != len(spec.positional):
-            self.fail(f"'{cmd.name}' takes {len(spec.positional)} argument(s) besides tags, not {len(args)}", cmd)
+        if not len(spec.positional) - spec.optional <= len(args) <= len(spec.positional):
+            wanted = str(len(spec.positional)) if not spec.optional else f"{len(spec.positional) - spec.optional} to {len(spec.positional)}"
+            self.fail(f"'{cmd.name}' takes {wanted} argument(s) besides tags, not {len(args)}", cmd)
         for value, kind in zip(args, spec.positional):
             if not _fits(value, kind):
                 self.fail(f"'{cmd.name}' expects a {kind}, not a {_kind_of(value)}", cmd)
@@ -376,7 +379,7 @@ def compile_script(text):
     @raise SieveSyntaxError: with line and column, for syntax errors,
         unknown commands, missing `require`s and bad arguments alike.
     """
-    for module in ("core", "variables", "vacation", "dates", "duplicate", "include"):
+    for module in ("core", "variables", "vacation", "dates", "duplicate", "include", "editheader"):
         importlib.import_module("mailplat.sieve." + module)  # each registers its commands and tests
 
     tree = parse(text)

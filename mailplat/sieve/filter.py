@@ -26,6 +26,7 @@ from mailplat.sieve.core import FileInto, Keep, Redirect, Reject
 from mailplat.sieve.duplicate import Tracker
 from mailplat.sieve.engine import Run
 from mailplat.sieve.vacation import Memory, Vacation, build, should_reply
+from mailplat.store.source import PrefixedSource, ReplacedHeaderSource
 
 log = Logger()
 
@@ -39,13 +40,27 @@ MAX_REDIRECTS = 4  # per message and recipient (Pigeonhole's sieve_max_redirects
 class Decision:
     """What the scripts decided for one recipient."""
 
-    def __init__(self, folders, actions=(), error=None, redirects=(), reply=None, reject=None):
+    def __init__(self, folders, actions=(), error=None, redirects=(), reply=None, reject=None, edited=None):
         self.folders = folders  # [(folder, flags)]: one copy each; empty: discarded
         self.actions = list(actions)  # every action, for the log
         self.error = error
         self.redirects = list(redirects)  # addresses to send the message on to (the relay queue)
         self.reply = reply  # a vacation reply's bytes, to the envelope sender, or None
         self.reject = reject  # the reason when the script refused the message (RFC 5429)
+        # editheader (RFC 5293): (new header, header for redirects, octets of the old one), or None
+        self.edited = edited
+
+    def source(self, original):
+        """What this recipient's copies are made of: `original`, or it with the edited header."""
+        if self.edited is None:
+            return original
+        return ReplacedHeaderSource(self.edited[0], original, self.edited[2])
+
+    def redirect_source(self, original, prefix):
+        """A redirected copy: `prefix` (Delivered-To) and the header as edited, without our Return-Path."""
+        if self.edited is None:
+            return PrefixedSource(prefix, original.source)
+        return ReplacedHeaderSource(prefix + self.edited[1], original, self.edited[2])
 
 
 class SieveFilter:
@@ -153,7 +168,14 @@ class SieveFilter:
             elif len(redirects) > MAX_REDIRECTS:
                 log.warn("sieve: {user}: {n} redirects, at most {max} are sent", user=address, n=len(redirects), max=MAX_REDIRECTS)
                 redirects = redirects[:MAX_REDIRECTS]
-        return Decision(folders, actions, redirects=redirects, reply=reply, reject=reject)
+        edited = None
+        if message.edited:
+            if message.header_complete:
+                edited = (message.header_bytes(), message.header_bytes(without=("return-path",)), message.body_offset)
+            else:
+                log.warn("sieve: {user}: header longer than {limit} octets; editheader's changes are not kept",
+                         user=address, limit=BODY_LIMIT)
+        return Decision(folders, actions, redirects=redirects, reply=reply, reject=reject, edited=edited)
 
     def _reply(self, message, address, vacation):
         """The vacation reply's bytes, or None (RFC 5230 4.5-4.6 rules, response memory)."""

@@ -48,24 +48,26 @@ class SieveMessage:
             head, self._body_at = data[:end], end + 2
         else:
             head, self._body_at = data, len(data)
-        self._fields = _fields(head)
+        self.header_complete = end >= 0 or crlf >= 0
+        self._fields = _fields(head)  # [(lowercase name, unfolded text, raw lines)]
         self.size = len(data) if size is None else size
         self.envelope_from = envelope_from or ""
         self.envelope_to = envelope_to or ""
         self._parsed = None
+        self.edited = False  # editheader changed the header (L{mailplat.sieve.editheader})
 
     def headers(self, name):
         """The decoded values of every `name` field, in order (RFC 5228 5.7)."""
         name = name.lower()
-        return [decode_words(v) for n, v in self._fields if n == name]
+        return [decode_words(v) for n, v, _ in self._fields if n == name]
 
     def raw_headers(self, name):
         name = name.lower()
-        return [v for n, v in self._fields if n == name]
+        return [v for n, v, _ in self._fields if n == name]
 
     def has(self, name):
         name = name.lower()
-        return any(n == name for n, _ in self._fields)
+        return any(n == name for n, _, _ in self._fields)
 
     def addresses(self, name):
         """The addr-specs of every `name` field (RFC 5228 5.1); a group's members are its addresses."""
@@ -78,6 +80,38 @@ class SieveMessage:
     def addresses_of(value):
         """The addr-specs of one field's value."""
         return [address for display, address in email.utils.getaddresses([value]) if address or display]
+
+    # --- editheader (RFC 5293) ---------------------------------------------
+
+    def add_field(self, name, value, last=False):
+        raw = _folded(name, value)
+        entry = (name.lower(), " ".join(value.split()), raw)
+        if last:
+            self._fields.append(entry)
+        else:
+            self._fields.insert(0, entry)
+        self.edited = True
+
+    def delete_fields(self, name, keep):
+        """Remove the `name` fields for which keep(index from 1, index from the end, decoded value) is False."""
+        name = name.lower()
+        positions = [i for i, (n, _, _) in enumerate(self._fields) if n == name]
+        doomed = set()
+        for k, i in enumerate(positions):
+            if not keep(k + 1, len(positions) - k, decode_words(self._fields[i][1])):
+                doomed.add(i)
+        if doomed:
+            self._fields = [f for i, f in enumerate(self._fields) if i not in doomed]
+            self.edited = True
+
+    def header_bytes(self, without=()):
+        """The header as it now is, with the blank line that ends it (LF line ends), less the `without` fields."""
+        return b"".join(raw for name, _, raw in self._fields if name not in without) + b"\n"
+
+    @property
+    def body_offset(self):
+        """Where the body starts in the original bytes (after the blank line)."""
+        return self._body_at
 
     def body_text(self):
         """The message as text/plain parts for the body test (decoded transfer encodings)."""
@@ -96,17 +130,38 @@ class SieveMessage:
 
 
 def _fields(head):
-    """[(lowercase name, unfolded value as text)] of a header block."""
+    """[(lowercase name, unfolded value as text, raw lines with LF ends)] of a header block."""
     out = []
     for line in head.replace(b"\r\n", b"\n").split(b"\n"):
         if line[:1] in (b" ", b"\t") and out:
-            name, value = out[-1]
-            out[-1] = (name, value + line)
+            out[-1][1].append(line)
+            out[-1][2].append(line)
             continue
         name, colon, value = line.partition(b":")
         if colon:
-            out.append((name.strip().lower(), value))
+            out.append((name.strip().lower(), [value], [line]))
+        elif line:
+            out.append((b"", [b""], [line]))  # not a field: kept as it is, matched by no test
     return [
-        (name.decode("ascii", "replace"), value.strip().decode("utf-8", "replace"))
-        for name, value in out
+        (name.decode("ascii", "replace"), b"".join(value).strip().decode("utf-8", "replace"),
+         b"".join(r + b"\n" for r in raw))
+        for name, value, raw in out
     ]
+
+
+def _folded(name, value):
+    """A new field's line(s): RFC 2047 words for non-ASCII text, folded near 78 characters (RFC 5293 4)."""
+    import email.header
+
+    value = " ".join(value.split())
+    if not value.isascii():
+        value = email.header.Header(value, "utf-8", header_name=name).encode()
+    words, lines, line = value.split(" "), [], f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > 78 and line != f"{name}:":
+            lines.append(line)
+            line = " " + word
+        else:
+            line += " " + word
+    lines.append(line)
+    return ("\n".join(lines) + "\n").encode("utf-8")

@@ -37,6 +37,27 @@ class PrefixedSource:
         return Concatenated(self.prefix, self.source.open())
 
 
+@implementer(IMessageSource)
+class ReplacedHeaderSource:
+    """A source whose first `skip` octets (its header) are replaced by `head`."""
+
+    def __init__(self, head, source, skip):
+        self.head = head
+        self.source = source
+        self.skip = skip
+        self.size = len(head) + source.size - skip
+
+    def open(self):
+        f = self.source.open()
+        left = self.skip
+        while left:
+            chunk = f.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
+        return Concatenated(self.head, f)
+
+
 class Concatenated(io.RawIOBase):
     """A read-only file: the bytes `head`, then the rest of the open file `tail_file`."""
 
@@ -63,6 +84,31 @@ class Concatenated(io.RawIOBase):
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+    # IMessageSource.open() gives a seekable file (a check may read the
+    # header, seek(0) and read the whole message).
+    def seekable(self):
+        return self._tail.seekable()
+
+    def tell(self):
+        if self._pos < len(self._head):
+            return self._pos
+        return len(self._head) + self._tail.tell()
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        if whence == io.SEEK_CUR:
+            offset += self.tell()
+        elif whence == io.SEEK_END:
+            offset += len(self._head) + self._tail.seek(0, io.SEEK_END)
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        if offset < len(self._head):
+            self._pos = offset
+            self._tail.seek(0)
+        else:
+            self._pos = len(self._head)
+            self._tail.seek(offset - len(self._head))
+        return offset
 
     def close(self):
         self._tail.close()
@@ -124,6 +170,19 @@ class _FileView(io.RawIOBase):
         data = os.pread(self._fd, n, self._pos)
         self._pos += len(data)
         return data
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: os.fstat(self._fd).st_size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
 
     def readinto(self, b):
         data = self.read(len(b))

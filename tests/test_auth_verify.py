@@ -158,6 +158,28 @@ class SPFOverSMTPTests(VerifyCase):
         self.assertIn("smtp.helo=client.good.example", field)
 
 
+class AuthLogLineTests(VerifyCase):
+    """An `auth` log line for a message whose checks found something, none for a clean pass."""
+
+    @defer.inlineCallbacks
+    def test_a_failure_is_logged(self):
+        from tests.helpers import collect_log
+
+        log = collect_log(self)
+        yield self.verdict(message("alice@nodmarc.example"), sender="alice@nodmarc.example")
+        [line] = [t for t in log if t.startswith("auth ")]
+        self.assertIn("auth alice@nodmarc.example from 127.0.0.1: spf=fail dkim=none dmarc=none action=none", line)
+
+    @defer.inlineCallbacks
+    def test_a_pass_is_in_the_header_only(self):
+        from tests.helpers import collect_log
+
+        log = collect_log(self)
+        field = yield self.verdict(message("alice@good.example"))
+        self.assertIn("dmarc=pass", field)
+        self.assertEqual([t for t in log if t.startswith("auth ")], [])
+
+
 class SPFFailPolicyTests(VerifyCase):
     authentication = 'spf_fail = "reject"\n'
 
@@ -545,3 +567,96 @@ class TheSuitesOwnNameServer(unittest.TestCase):
         [field] = auth_results(stored_message)
         self.assertIn("spf=none", field)
         self.assertIn(("nowhere.example", "TXT"), server.dns.queries)
+
+
+class _CountingResolver:
+    """A resolver answering TXT questions from a dict it can be changed in; counts the questions."""
+
+    def __init__(self, answers):
+        self.answers = answers  # name -> list of texts, or an Exception to fail with
+        self.asked = []
+
+    def lookupText(self, name):
+        from twisted.names import dns, error
+
+        self.asked.append(name)
+        answer = self.answers.get(name.decode())
+        if answer is None:
+            return defer.fail(error.DNSNameError(name))
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(([dns.RRHeader(name, dns.TXT, ttl=60, payload=dns.Record_TXT(t.encode(), ttl=60))
+                               for t in answer], [], []))
+
+
+class CachedAnswersTests(unittest.TestCase):
+    """The answers and parses kept across messages are never stale and never another's."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from mailplat.auth.lookups import AnswerCache
+
+        self.clock = Clock()
+        self.cache = AnswerCache(self.clock)
+        self.resolver = _CountingResolver({"a.example": ["v=spf1 -all"]})
+
+    def txt(self, name):
+        from mailplat.auth.lookups import Lookups
+
+        out = []
+        Lookups(self.resolver, deadline=10, clock=self.clock, cache=self.cache).txt(name).addBoth(out.append)
+        return out[0]
+
+    def test_an_answer_is_asked_once_within_its_ttl(self):
+        self.assertEqual(self.txt("a.example"), [b"v=spf1 -all"])
+        self.assertEqual(self.txt("A.example."), [b"v=spf1 -all"])
+        self.assertEqual(self.resolver.asked, [b"a.example"])
+
+    def test_an_expired_answer_is_asked_again_and_the_new_one_is_used(self):
+        self.txt("a.example")
+        self.resolver.answers["a.example"] = ["v=spf1 +all"]
+        self.clock.advance(61)
+        self.assertEqual(self.txt("a.example"), [b"v=spf1 +all"])
+        self.assertEqual(len(self.resolver.asked), 2)
+
+    def test_a_name_that_does_not_exist_is_kept_as_no_records(self):
+        self.assertEqual(self.txt("b.example"), [])
+        self.assertEqual(self.txt("b.example"), [])
+        self.assertEqual(self.resolver.asked, [b"b.example"])
+
+    def test_a_temporary_failure_is_not_kept(self):
+        from mailplat.auth.lookups import DNSTemporaryError
+
+        self.resolver.answers["c.example"] = RuntimeError("SERVFAIL")
+        failure = self.txt("c.example")
+        self.assertTrue(failure.check(DNSTemporaryError))
+        self.resolver.answers["c.example"] = ["v=spf1 ~all"]
+        self.assertEqual(self.txt("c.example"), [b"v=spf1 ~all"])
+
+    def test_a_kept_spf_parse_is_a_fresh_copy_and_errors_stay_errors(self):
+        from mailplat.auth import spf
+
+        directives, modifiers = spf.parse(b"v=spf1 ip4:192.0.2.0/24 -all exp=e.example")
+        directives.clear()
+        modifiers.clear()
+        self.assertEqual(len(spf.parse(b"v=spf1 ip4:192.0.2.0/24 -all exp=e.example")[0]), 2)
+        for _ in range(2):
+            self.assertRaises(spf.PermError, spf.parse, b"v=spf1 ip4:192.0.2.300 -all")
+        self.assertEqual(spf.parse(b"v=spf1 ~all")[0][0][0], "softfail")
+
+    def test_each_from_value_has_its_own_domain(self):
+        from mailplat.auth.verify import author_domain
+
+        self.assertEqual(author_domain(b"From: a@one.example\nSubject: 1\n"), ("one.example", None))
+        self.assertEqual(author_domain(b"Subject: 2\nFrom: A <a@one.example>\n"), ("one.example", None))
+        self.assertEqual(author_domain(b"From: a@two.example\n"), ("two.example", None))
+        self.assertEqual(author_domain(b"From: a@one.example\nFrom: a@one.example\n"), (None, "more than one From field"))
+        self.assertEqual(author_domain(b"From: a@one.example, b@two.example\n"), (None, "no single From domain"))
+
+    def test_each_dmarc_record_text_has_its_own_parse(self):
+        from mailplat.auth import dmarc
+
+        self.assertEqual(dmarc.parse_record(b"v=DMARC1; p=reject").p, "reject")
+        self.assertEqual(dmarc.parse_record(b"v=DMARC1; p=none").p, "none")
+        self.assertIsNone(dmarc.parse_record(b"v=DMARC2; p=reject"))

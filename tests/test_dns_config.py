@@ -62,10 +62,10 @@ class ConfigFile(unittest.TestCase):
 
 class DNSTable(ConfigFile):
     def test_defaults_are_resolv_conf_and_ten_seconds(self):
-        self.assertEqual(self.load("").dns, {"servers": [], "timeout": 10})
+        self.assertEqual(self.load("").dns, {"servers": [], "timeout": 10, "validating": False})
 
     def test_embedded_defaults_have_the_same(self):
-        self.assertEqual(configuration.load().dns, {"servers": [], "timeout": 10})
+        self.assertEqual(configuration.load().dns, {"servers": [], "timeout": 10, "validating": False})
 
     def test_servers_with_and_without_ports(self):
         config = self.load('[dns]\nservers = ["127.0.0.1:5353", "192.0.2.1", "[::1]:53"]\ntimeout = 2.5\n')

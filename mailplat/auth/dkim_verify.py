@@ -122,7 +122,9 @@ def verify(lookups, header, read_message, size=None):
             keys[name] = value.value
         else:
             keys[name] = DNSTemporaryError(f"{name}: {value.getErrorMessage()}")
-    work = lambda: _verify_all(_crlf(read_message()), found, keys)  # noqa: E731
+    # dkimpy reads LF or CRLF line ends alike (rfc822_parse): the message
+    # goes as stored, its body made CRLF in one pass (dkim_fast).
+    work = lambda: _verify_all(read_message(), found, keys)  # noqa: E731
     try:
         if size is not None and size <= INLINE_LIMIT:
             results = work()

@@ -67,11 +67,13 @@ class DMARCRecord:
         self.aspf = tags.get("aspf", "r")
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_record(text):
     """
     A DMARC TXT record -> L{DMARCRecord}, or None when it is not one we can
     use (RFC 7489 6.3: v=DMARC1 first; unknown tags ignored; a bad p= is
-    p=none when rua= is there, else no record, 6.6.3).
+    p=none when rua= is there, else no record, 6.6.3). Kept per record
+    text (a L{DMARCRecord} is not changed once made).
     """
     try:
         text = text.decode("ascii")

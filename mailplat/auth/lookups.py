@@ -65,6 +65,17 @@ class AnswerCache:
         self._kept[key] = (self.clock.seconds() + ttl, records)
 
 
+def _joined_txt(records):
+    out, size = [], 0
+    for r in records:
+        data = b"".join(r.data)
+        size += len(data)
+        if size > TXT_LIMIT:
+            break
+        out.append(data)
+    return out
+
+
 class Lookups:
     """
     @param resolver: a twisted.names IResolver (the server's SharedResolver).
@@ -77,13 +88,21 @@ class Lookups:
         self.clock = clock
         self.deadline = None if deadline is None else clock.seconds() + deadline
         self.cache = cache
-        self._answers = {}  # (name, type) -> Deferred of the records (shared)
+        self._answers = {}  # (name, type) -> the records, or a Deferred of them (shared)
         self.queries = 0
 
     def _ask(self, name, qtype, method):
         key = (name.lower().rstrip("."), qtype)
-        if key not in self._answers:
-            self._answers[key] = self._query(key[0], qtype, method)
+        answer = self._answers.get(key)
+        if answer is None:
+            kept = self.cache.get(key) if self.cache is not None else None
+            # A cached answer is kept as it is, not as a Deferred: most
+            # questions are answered from the cache, and then each caller
+            # gets a fired Deferred without a chain of relays.
+            answer = kept if kept is not None else self._query(key[0], qtype, method)
+            self._answers[key] = answer
+        if not isinstance(answer, defer.Deferred):
+            return defer.succeed(answer)
         # Each caller gets its own Deferred over the one answer.
         d = defer.Deferred()
 
@@ -94,15 +113,11 @@ class Lookups:
                 d.callback(result)
             return result
 
-        self._answers[key].addCallback(relay)
+        answer.addCallback(relay)
         return d
 
     @defer.inlineCallbacks
     def _query(self, name, qtype, method):
-        if self.cache is not None:
-            kept = self.cache.get((name, qtype))
-            if kept is not None:
-                return kept
         if self.deadline is not None and self.clock.seconds() > self.deadline:
             return DNSTemporaryError(f"{name}: no time left for DNS lookups")
         try:
@@ -130,18 +145,9 @@ class Lookups:
             self.cache.put((name, qtype), records, ttl)
         return records
 
-    @defer.inlineCallbacks
     def txt(self, name):
         """The TXT records at `name`, each as one bytes string (its strings joined, RFC 7208 3.3)."""
-        records = yield self._ask(name, dns.TXT, "lookupText")
-        out, size = [], 0
-        for r in records:
-            data = b"".join(r.data)
-            size += len(data)
-            if size > TXT_LIMIT:
-                break
-            out.append(data)
-        return out
+        return self._ask(name, dns.TXT, "lookupText").addCallback(_joined_txt)
 
     @defer.inlineCallbacks
     def addresses(self, name, version):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
-from mailplat.auth import dmarc, spf
+from mailplat.auth import dmarc, spf, tlsrpt
 from mailplat.auth.lookups import DNSTemporaryError
 
 OK, MISSING, WRONG, TEMPERROR = "ok", "missing", "wrong", "temperror"
@@ -493,9 +493,10 @@ async def _check_tls_rpt(lookups, plan, record):
     texts = [t for t in _txt(await lookups.txt(record.name)) if t.startswith("v=TLSRPTv1")]
     if not texts:
         return Finding(record, MISSING, f'no record (optional); expected "{record.value}"')
-    if len(texts) > 1 or "rua=" not in texts[0]:
-        return Finding(record, WRONG, f"{_show(texts)}: one record with rua= (RFC 8460 3)")
-    return Finding(record, OK, f'"{texts[0]}"')
+    parsed, problem = tlsrpt.select(texts)
+    if parsed is None:
+        return Finding(record, WRONG, f"{_show(texts)}: {problem} (RFC 8460 3)")
+    return Finding(record, OK, f'"{texts[0]}" (reports to {parsed})')
 
 
 async def _check_srv(lookups, plan, record):

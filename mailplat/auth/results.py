@@ -16,7 +16,10 @@ _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)", re.S)
 
 
 def _printable(text):
-    return "".join(c if " " <= c <= "~" else "?" for c in str(text))
+    text = str(text)
+    if text.isascii() and text.isprintable():  # the usual case: nothing to replace
+        return text
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 def pvalue(text):
@@ -29,7 +32,10 @@ def pvalue(text):
 
 def comment(text):
     """A comment `(text)`, without anything that could end it early."""
-    text = "".join(c for c in _printable(text) if c not in "()\\")[:120].strip()
+    text = _printable(text)
+    if "(" in text or ")" in text or "\\" in text:
+        text = "".join(c for c in text if c not in "()\\")
+    text = text[:120].strip()
     return f" ({text})" if text else ""
 
 
@@ -69,6 +75,8 @@ def claiming(header_block, hostname):
     authserv-id is `hostname`, compared case-insensitively (RFC 8601 5).
     """
     ranges = []
+    if b"authentication-results" not in header_block.lower():
+        return ranges  # most messages: no such field at all
     hostname = hostname.lower().rstrip(".")
     pos = 0
     fields = []  # (start, end, raw field with its folded lines)

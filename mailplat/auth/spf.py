@@ -18,6 +18,7 @@ needs a PTR lookup per use and the RFC advises against it), and the HELO
 identity is checked only when the envelope sender is null (RFC 7208 2.3).
 """
 
+import functools
 import ipaddress
 import re
 import time
@@ -77,6 +78,25 @@ def parse(record):
     An SPF record -> (directives [(qualifier, name, argument, cidr4, cidr6)],
     modifiers {name: value}). Any syntax error is a PermError (RFC 7208 4.6).
     """
+    parsed = _parsed(record)
+    if isinstance(parsed, PermError):
+        raise PermError(*parsed.args)
+    directives, modifiers = parsed
+    return list(directives), dict(modifiers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(record):
+    # A record is parsed once per TTL at most, not once per message: the
+    # outcome of _parse (its error too) depends on the record alone.
+    try:
+        directives, modifiers = _parse(record)
+    except PermError as e:
+        return e
+    return tuple(directives), tuple(modifiers.items())
+
+
+def _parse(record):
     try:
         text = record.decode("ascii")
     except UnicodeDecodeError:
@@ -404,6 +424,15 @@ async def _explanation(ctx, spec, domain):
 
 def client_ip(address):
     """An ipaddress address for the client, IPv4-mapped IPv6 as IPv4 (RFC 7208 5); None if not an address."""
+    return _client_ip(address) if isinstance(address, str) else _client_ip_of(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_ip(address):
+    return _client_ip_of(address)  # ipaddress objects are immutable: one per client address
+
+
+def _client_ip_of(address):
     try:
         ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
     except (ValueError, AttributeError):

@@ -16,11 +16,24 @@ points the whole server at it.
     server.silent = True             # answer nothing (a name server that is down)
     yield server.stop()
 
+A validating resolver stands in for DNSSEC: answers for the names and zones
+in `authenticated` carry the AD bit (RFC 4035 3.2.3) when the query asked
+for it (AD or DO, RFC 6840 5.7); names in `servfail` are answered SERVFAIL
+(a resolver whose validation failed). TLSA records (RFC 6698) are served
+with L{tlsa}:
+
+    server = TestDNSServer({..., "_25._tcp.mx.example.org": [tlsa(3, 1, 1, digest)]},
+                           authenticated={"example.org"})
+    server.servfail.add("_25._tcp.mx.example.org")
+    server.authenticated.discard("example.org")    # insecure from now on
+
 From a trial test, L{start_dns_server} starts one and stops it at cleanup.
 Names are answered by the zone they fall in (a zone is each name's last
 two labels unless `zones` says otherwise): a name in a zone without
 records is NXDOMAIN, as a real authoritative server would say.
 """
+
+import struct
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
@@ -35,6 +48,32 @@ def txt(text):
 
 def _name(name):
     return (name.encode("idna") if isinstance(name, str) else name).lower().rstrip(b".")
+
+
+TLSA = 52  # RFC 6698 7.1: the TLSA RR type (twisted.names has no class for it)
+
+
+class Record_TLSA(dns.UnknownRecord):
+    """A TLSA record as served: usage, selector, matching type, data; or any `raw` RDATA (a malformed one)."""
+
+    TYPE = TLSA
+    fancybasename = "TLSA"
+
+    def __init__(self, usage=3, selector=1, matching_type=1, data=b"", ttl=60, raw=None):
+        wire = raw if raw is not None else struct.pack("!BBB", usage, selector, matching_type) + data
+        dns.UnknownRecord.__init__(self, wire, ttl)
+
+
+def tlsa(usage, selector, matching_type, data, ttl=60):
+    """A TLSA record for the test server; `data` as bytes or hex."""
+    if isinstance(data, str):
+        data = bytes.fromhex(data)
+    return Record_TLSA(usage, selector, matching_type, data, ttl)
+
+
+def _under(name, names):
+    """`name` is one of `names` or below one of them."""
+    return any(name == n or name.endswith(b"." + n) for n in names)
 
 
 class MemoryAuthority(authority.FileAuthority):
@@ -58,11 +97,25 @@ class _RecordingFactory(server.DNSServerFactory):
         self.delay = None
         self.silent = False
         self.pending = []
+        self.authenticated = set()  # names/zones whose answers get the AD bit
+        self.servfail = set()  # names answered SERVFAIL
+
+    def _responseFromMessage(self, message, rCode=dns.OK, answers=None, authority=None, additional=None):
+        response = server.DNSServerFactory._responseFromMessage(self, message, rCode, answers, authority, additional)
+        # RFC 6840 5.7: AD only for a query that asked (AD or DO set).
+        asked = message.authenticData or getattr(message, "dnssecOK", False)
+        names = {_name(q.name.name) for q in message.queries}
+        if asked and rCode in (dns.OK, dns.ENAME) and names and all(_under(n, self.authenticated) for n in names):
+            response.authenticData = 1
+        return response
 
     def handleQuery(self, message, protocol, address):
         for q in message.queries:
             self.queries.append((q.name.name.decode("ascii", "replace").lower(), dns.QUERY_TYPES.get(q.type, q.type)))
         if self.silent:
+            return None
+        if any(_name(q.name.name) in self.servfail for q in message.queries):
+            self.sendReply(protocol, self._responseFromMessage(message, rCode=dns.ESERVER), address)
             return None
         if self.delay:
             call = reactor.callLater(self.delay, server.DNSServerFactory.handleQuery, self, message, protocol, address)
@@ -89,9 +142,11 @@ class TestDNSServer:
     """
     @param records: {name: [dns.Record_*]}; names as str or bytes.
     @param zones: the zone names; default: each name's last two labels.
+    @param authenticated: names or zones (str or bytes) whose answers carry
+        the AD bit, as a validating resolver's would (see L{authenticated}).
     """
 
-    def __init__(self, records, zones=None):
+    def __init__(self, records, zones=None, authenticated=()):
         by_name = {}
         for name, rrs in records.items():
             by_name.setdefault(_name(name), []).extend(rrs)
@@ -107,6 +162,7 @@ class TestDNSServer:
         self.queries = []
         self.authorities = [MemoryAuthority(z, grouped[z]) for z in zones]
         self.factory = _RecordingFactory(self.authorities, self.queries)
+        self.factory.authenticated.update(_name(n) for n in authenticated)
         self.port = None
         self._listening = []
 
@@ -149,6 +205,20 @@ class TestDNSServer:
     def silent(self, value):
         self.factory.silent = value
 
+    @property
+    def authenticated(self):
+        """The names whose answers, and those of the names below, carry the AD bit (`.add`, `.discard`: str or bytes)."""
+        return _NameSet(self.factory.authenticated)
+
+    def authenticate(self, name):
+        """Answers for `name` and the names below it carry the AD bit from now on."""
+        self.factory.authenticated.add(_name(name))
+
+    @property
+    def servfail(self):
+        """The names answered SERVFAIL (`.add`, `.discard`: str or bytes)."""
+        return _NameSet(self.factory.servfail)
+
     def add(self, name, record):
         """Serve one more record (in the zone the name falls in)."""
         name = _name(name)
@@ -180,9 +250,25 @@ class TestDNSServer:
             yield deferLater(reactor, 0.01, lambda: None)
 
 
-def start_dns_server(testcase, records, zones=None):
+class _NameSet:
+    """A view of a set of names that takes str or bytes."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def add(self, name):
+        self.names.add(_name(name))
+
+    def discard(self, name):
+        self.names.discard(_name(name))
+
+    def __contains__(self, name):
+        return _name(name) in self.names
+
+
+def start_dns_server(testcase, records, zones=None, authenticated=()):
     """A started L{TestDNSServer}, stopped when the trial test ends."""
-    dns_server = TestDNSServer(records, zones)
+    dns_server = TestDNSServer(records, zones, authenticated)
     dns_server.start()
     testcase.addCleanup(dns_server.stop)
     return dns_server

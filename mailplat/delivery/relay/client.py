@@ -18,6 +18,8 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols import basic
 
+from mailplat.delivery.relay import dane
+
 log = Logger()
 
 
@@ -101,6 +103,7 @@ class RelayClient(smtp.ESMTPClient):
         self._mail_failed = None
         self._closed = False
         self.tls_started = False
+        self.dane_result = None  # (reason or None, description) once a DANE check ran
 
     # --- session set-up (ESMTPClient's) ----------------------------------------
 
@@ -151,6 +154,11 @@ class RelayClient(smtp.ESMTPClient):
         self._okresponse = self._reply
         self._failresponse = self._reply
         self.ready = True
+        if self.destination.dane is not None:
+            # RFC 7672: the DANE outcome of this connection, once per session.
+            log.info("DANE: {destination}: STARTTLS, {outcome}", destination=self.destination,
+                     outcome="certificate matches a TLSA record" if self.destination.dane.records
+                     else self.destination.dane.describe())
         if self.destination.mta_sts == "testing" and not self.tls_started:
             log.warn("MTA-STS testing: {destination} offers no STARTTLS; enforce would not send there",
                      destination=self.destination)
@@ -395,7 +403,15 @@ class ConnectionPool:
         return state.pending.popleft()[1]
 
     def make_client(self, destination):
-        if destination.tls == "none" or (
+        client = None
+        if destination.dane is not None:
+            # RFC 7672 2.2: STARTTLS required; the TLSA records, not the CAs, judge the certificate.
+            def judged(reason, description):
+                if client is not None:
+                    client.dane_result = (reason, description)
+
+            context = dane.DANEClientTLS(destination.dane, judged)
+        elif destination.tls == "none" or (
             destination.tls == "may" and self.plaintext_until.get(destination.key, 0) > self.clock.seconds()
         ):
             context = None
@@ -404,7 +420,8 @@ class ConnectionPool:
         else:
             # RFC 7435: opportunistic TLS, no certificate check.
             context = ssl.CertificateOptions()
-        return RelayClient(self, destination, self.identity, context, self.timeout)
+        client = RelayClient(self, destination, self.identity, context, self.timeout)
+        return client
 
     def verified_context(self, destination):
         """TLS that checks the certificate against the trust root and the host name (RFC 6125; RFC 8461 4.2)."""
@@ -472,10 +489,23 @@ class ConnectionPool:
                 self.plaintext_until[client.destination.key] = self.clock.seconds() + 3600
                 text = f"STARTTLS failed ({text}); plaintext for the next hour"
             prefix = f"{code} " if code else ""
-            if client.destination.mta_sts == "enforce":
+            destination = client.destination
+            suffix = ""
+            if destination.dane is not None:
+                # RFC 7672 2.2: never in clear, never to a certificate no TLSA record matches; the message waits.
+                reason = client.dane_result[0] if client.dane_result else None
+                if reason is not None:
+                    text = reason
+                prefix = f"4.7.5 DANE requires STARTTLS with a certificate matching TLSA: {prefix}"
+            elif destination.mta_sts == "enforce":
                 # RFC 8461 5: never in clear, never to an unverified host; the message waits.
                 prefix = f"4.7.5 MTA-STS requires verified STARTTLS: {prefix}"
-            self._failed(state, (0, f"{client.destination}: {prefix}{text}"))
+            if (destination.dane is not None or destination.mta_sts == "enforce") and destination.tlsrpt is not None:
+                # RFC 8460: the domain's reporting address, for the delivery log line.
+                suffix = f" (TLS-RPT: {destination.tlsrpt})"
+                log.warn("relay: TLS policy failure at {destination}: {reason}; the domain's TLS-RPT address is {tlsrpt}",
+                         destination=destination, reason=text, tlsrpt=str(destination.tlsrpt))
+            self._failed(state, (0, f"{destination}: {prefix}{text}{suffix}"))
         else:
             self._reopen()
         self._check_idle()

@@ -13,6 +13,8 @@ from twisted.names import dns, error
 from twisted.python.failure import Failure
 
 from mailplat import dns as shared_dns
+from mailplat.auth import tlsrpt
+from mailplat.delivery.relay import dane
 from mailplat.interfaces import PermanentFailure, TemporaryFailure
 
 TLS_MODES = ("may", "starttls", "implicit", "none")
@@ -34,9 +36,9 @@ class Route:
 class Destination:
     """One address to connect to, with how to talk to it."""
 
-    __slots__ = ("name", "address", "port", "tls", "verify", "auth", "mta_sts")
+    __slots__ = ("name", "address", "port", "tls", "verify", "auth", "mta_sts", "dane", "tlsrpt")
 
-    def __init__(self, name, address, port, tls="may", verify=False, auth=None, mta_sts=None):
+    def __init__(self, name, address, port, tls="may", verify=False, auth=None, mta_sts=None, dane=None, tlsrpt=None):
         self.name = name  # the host name (MX, route or smarthost), for TLS and logs
         self.address = address
         self.port = port
@@ -46,11 +48,17 @@ class Destination:
         # "enforce" or "testing" when the domain's MTA-STS policy chose this
         # host (RFC 8461): the client names it in errors and logs.
         self.mta_sts = mta_sts
+        # The host's authenticated TLSA records (dane.TLSAPolicy, RFC 7672):
+        # STARTTLS required, the certificate checked against them.
+        self.dane = dane
+        # The domain's TLS-RPT record (RFC 8460), named when a policy fails.
+        self.tlsrpt = tlsrpt
 
     @property
     def key(self):
         """Connections are shared by messages with the same key."""
-        return (self.address, self.port, self.tls, self.verify, self.auth and self.auth[0])
+        return (self.address, self.port, self.tls, self.verify, self.auth and self.auth[0],
+                self.dane.key if self.dane is not None else None)
 
     def __str__(self):
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -125,11 +133,14 @@ class Router:
     """Turns a recipient domain into destinations, in the order to try them."""
 
     def __init__(self, dns_servers=None, routes=None, smarthost=None, mx_port=25, resolver=None, dns_timeout=None,
-                 mta_sts=None):
+                 mta_sts=None, dane=True):
         # `resolver`: the server's shared one (mailplat.dns), its owner's to
         # close; without it the router makes its own from `dns_servers`.
         # `mta_sts`: an MTASTSPolicies (mtasts.py) for MX routes, or None.
+        # `dane`: DANE (RFC 7672) on MX routes, when the resolver is a
+        # validating one (`[dns] validating`; a router's own never is).
         self.mta_sts = mta_sts
+        self.dane = dane
         self.dns_servers = dns_servers
         self.dns_timeout = dns_timeout
         self._resolver = resolver
@@ -181,15 +192,52 @@ class Router:
             policy = self.mta_sts.policy_for(domain, self.resolver)
         else:
             policy = defer.succeed(None)
+        # RFC 8689 4.1: "TLS-Required: No" sets DANE aside as well.
+        use_dane = self.dane and not tls_optional and self.validating
         try:
-            mx = yield self.mx_hosts(domain)
+            if use_dane:
+                mx, mx_secure = yield self.mx_hosts_secure(domain)
+            else:
+                mx, mx_secure = (yield self.mx_hosts(domain)), False
         finally:
             cached = yield policy
-        mx, tls, verify, mode = self.apply_mta_sts(domain, mx, cached)
+        tlsa, unavailable = {}, {}
+        if use_dane:
+            tlsa, unavailable = yield self.dane_hosts(domain, mx, mx_secure)
+        report = None
+        sts_mode = cached.policy.mode if cached is not None and cached.policy is not None else None
+        if tlsa or unavailable or sts_mode in ("enforce", "testing"):
+            # RFC 8460: where the domain wants to hear of TLS failures.
+            report = yield tlsrpt.lookup(self.resolver, domain)
+        # RFC 8461 2: a host with DANE TLSA records is held to them, not to MTA-STS.
+        others = [h for h in mx if h not in tlsa and h not in unavailable]
+        plain = {}
+        if others:
+            try:
+                matching, tls, verify, mode = self.apply_mta_sts(domain, others, cached)
+            except TemporaryFailure as e:
+                if not tlsa:
+                    raise _with_report(e, report)
+                log.warn("relay: {domain}: {reason}; only the DANE hosts are tried", domain=domain, reason=e.text)
+                matching = []
+            plain = {h: (tls, verify, mode) for h in matching}
         out, trouble = [], []
         for host in mx:
+            if host not in tlsa and host not in plain:
+                continue
             addresses = yield self.addresses(host, trouble=trouble)
-            out.extend(Destination(host, a, self.port_for(host), tls, verify, mta_sts=mode) for a in addresses)
+            for a in addresses:
+                if host in tlsa:
+                    # RFC 7672 2.2: STARTTLS required; a verified path only with usable records.
+                    out.append(Destination(host, a, self.port_for(host), "starttls", bool(tlsa[host].records),
+                                           dane=tlsa[host], tlsrpt=report))
+                else:
+                    tls, verify, mode = plain[host]
+                    out.append(Destination(host, a, self.port_for(host), tls, verify, mta_sts=mode, tlsrpt=report))
+        if not out and unavailable:
+            # RFC 7672 2.1.1: an MX host whose TLSA lookup failed is not used; the message waits.
+            reasons = "; ".join(f"{h}: {why}" for h, why in unavailable.items())
+            raise _with_report(TemporaryFailure(f"{domain}: DANE: {reasons}; not sent", "4.7.5"), report)
         if not out:
             if trouble:
                 raise TemporaryFailure(f"{domain}: DNS lookup failed for {', '.join(trouble)}", "4.4.3")
@@ -223,6 +271,55 @@ class Router:
                          "enforce would not send there", domain=domain, host=host, patterns=", ".join(policy.mx))
         return mx, "may", False, "testing"
 
+    @property
+    def validating(self):
+        """The resolver vouches for its answers (`[dns] validating`): DANE can apply."""
+        return bool(getattr(self.resolver, "validating", False)) and hasattr(self.resolver, "lookup_secure")
+
+    @defer.inlineCallbacks
+    def mx_hosts_secure(self, domain):
+        """
+        L{mx_hosts} through the validating resolver: (hosts, whether the MX
+        answer, or its validated absence, was authenticated; RFC 7672 2.2.1).
+        """
+        try:
+            answer = yield self.resolver.lookup_secure(domain, dns.MX)
+        except error.DNSNameError:
+            raise PermanentFailure(f"{domain}: no such domain", "5.1.2", 550)
+        except Exception as e:
+            # SERVFAIL here is often a validation failure (RFC 4035 5.5): never the implicit MX.
+            raise TemporaryFailure(f"{domain}: DNS lookup failed ({type(e).__name__})", "4.4.3")
+        return self._by_preference(domain, answer.records), answer.authenticated
+
+    @defer.inlineCallbacks
+    def dane_hosts(self, domain, mx, mx_secure):
+        """
+        ({host: TLSAPolicy} for the hosts DANE holds, {host: reason} for
+        those whose TLSA lookup failed), with one log line per host (the
+        DANE outcome of this delivery).
+        """
+        tlsa, unavailable = {}, {}
+        if not mx_secure:
+            log.info("DANE: {domain}: the MX answer is not DNSSEC-authenticated; no DANE", domain=domain)
+            return tlsa, unavailable
+        # One TLSA lookup per host, all at once.
+        lookups = [dane.lookup_host(self.resolver, host, names=[host, domain]) for host in mx]
+        results = yield defer.DeferredList(lookups, consumeErrors=True)
+        for host, (ok, result) in zip(mx, results):
+            if not ok:
+                reason = str(result.value) if result.check(dane.DANEUnavailable) else \
+                    f"TLSA lookup of _25._tcp.{host} failed ({result.type.__name__})"
+                unavailable[host] = reason
+                log.warn("DANE: {domain}: MX {host}: {reason}; host not used now", domain=domain, host=host, reason=reason)
+                continue
+            policy = result
+            if policy is None:
+                log.info("DANE: {domain}: MX {host}: no authenticated TLSA records; no DANE", domain=domain, host=host)
+            else:
+                tlsa[host] = policy
+                log.info("DANE: {domain}: MX {host}: {outcome}", domain=domain, host=host, outcome=policy.describe())
+        return tlsa, unavailable
+
     @defer.inlineCallbacks
     def mx_hosts(self, domain):
         """
@@ -233,6 +330,10 @@ class Router:
             answers, _, _ = yield self.resolver.lookupMailExchange(domain)
         except Exception:
             answers = _dns_failure(Failure(), domain) or []
+        return self._by_preference(domain, answers)
+
+    @staticmethod
+    def _by_preference(domain, answers):
         records = [
             (a.payload.preference, str(a.payload.name).lower().rstrip("."))
             for a in answers
@@ -246,6 +347,7 @@ class Router:
         random.shuffle(records)
         records.sort(key=lambda r: r[0])
         return list(dict.fromkeys(name for _, name in records))
+
 
     @defer.inlineCallbacks
     def addresses(self, host, trouble=None):
@@ -273,3 +375,10 @@ class Router:
                 elif a.type == rtype == dns.AAAA:
                     out.append(socket.inet_ntop(socket.AF_INET6, a.payload.address))
         return list(dict.fromkeys(out))
+
+
+def _with_report(failure, report):
+    """A policy failure names the domain's TLS-RPT address (RFC 8460), for the delivery log line."""
+    if report is None:
+        return failure
+    return TemporaryFailure(f"{failure.text} (TLS-RPT: {report})", failure.enhanced)

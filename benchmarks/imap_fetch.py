@@ -13,6 +13,8 @@ starts `twistd -n mailplat`, and times over one IMAP connection:
 three times: cold (first session after the files appeared: UIDs to
 assign, every envelope to compute), warm (a second session in the same
 process), and after a restart (what the on-disk index and cache keep).
+Then a reconnecting QRESYNC client (RFC 7162) after 10 flag changes by
+another session: how many FETCH lines its SELECT gets.
 
     python benchmarks/imap_fetch.py                  # 20000 messages
     python benchmarks/imap_fetch.py --messages 5000
@@ -206,6 +208,51 @@ def run_round(port, label):
         print(f"  {text:36s} {seconds * 1000:9.1f} ms  ({lines} untagged lines)")
 
 
+def run_qresync(port, changes=10):
+    """
+    RFC 7162 QRESYNC (issue 11's figure): a client remembers the folder,
+    another changes `changes` messages' flags, the first reconnects with
+    SELECT (QRESYNC ...) and is told only those: counts its FETCH lines.
+    """
+    import re
+
+    def lines_of(c, text):
+        c.n += 1
+        tag = b"q%d" % c.n
+        c.sock.sendall(tag + b" " + text + b"\r\n")
+        out = []
+        while True:
+            line = c.file.readline()
+            if not line or line.startswith(tag + b" "):
+                return out
+            out.append(line)
+
+    first = Client(port)
+    first.command(b"LOGIN user@example.test pw")
+    first.command(b"ENABLE QRESYNC")
+    selected = b"".join(lines_of(first, b"SELECT INBOX"))
+    validity = int(re.search(rb"\[UIDVALIDITY (\d+)\]", selected).group(1))
+    since = int(re.search(rb"\[HIGHESTMODSEQ (\d+)\]", selected).group(1))
+    count = int(re.search(rb"\* (\d+) EXISTS", selected).group(1))
+    first.command(b"LOGOUT")
+    other = Client(port)
+    other.command(b"LOGIN user@example.test pw")
+    other.command(b"SELECT INBOX")
+    for n in range(changes):
+        other.command(b"STORE %d +FLAGS (\\Flagged $Bench)" % (1 + n * max(1, count // changes)))
+    other.command(b"LOGOUT")
+    again = Client(port)
+    again.command(b"LOGIN user@example.test pw")
+    again.command(b"ENABLE QRESYNC")
+    start = time.perf_counter()
+    lines = lines_of(again, b"SELECT INBOX (QRESYNC (%d %d))" % (validity, since))
+    took = time.perf_counter() - start
+    again.command(b"LOGOUT")
+    fetches = sum(1 for line in lines if re.match(rb"\* \d+ FETCH ", line))
+    print(f"QRESYNC reconnect after {changes} flag changes in {count} messages: {fetches} FETCH lines "
+          f"(bar: <= {2 * changes}), SELECT {took * 1000:.1f} ms")
+
+
 def rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -348,6 +395,7 @@ def main():
         server = start_server(workdir, config, port)
         try:
             run_round(port, "after restart (on-disk index)")
+            run_qresync(port)
         finally:
             stop_server(server)
     finally:

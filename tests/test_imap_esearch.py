@@ -62,9 +62,12 @@ class Capability(Session):
             self.assertIn(cap, caps)
 
     @defer.inlineCallbacks
-    def test_context_is_not_advertised_without_update_notifications(self):
+    def test_context_is_advertised_with_update_notifications(self):
+        # RFC 5267 4: UPDATE and CANCELUPDATE work (tests/test_imap_context.py).
         (lines,) = yield self.talk(b"C1 CAPABILITY", select=False)
-        self.assertFalse([c for c in lines[0].split() if c.startswith(b"CONTEXT=")])
+        caps = lines[0].split()
+        self.assertIn(b"CONTEXT=SEARCH", caps)
+        self.assertIn(b"CONTEXT=SORT", caps)
 
 
 class SearchReturn(Session):
@@ -134,9 +137,9 @@ class SearchReturn(Session):
         self.assertBad(lines)
 
     @defer.inlineCallbacks
-    def test_update_is_refused_as_context_is_not_offered(self):
+    def test_update_alone_answers_with_the_tag(self):
         (lines,) = yield self.talk(b"A1 SEARCH RETURN (UPDATE) ALL")
-        self.assertBad(lines)
+        self.assertAnswer(lines, b'* ESEARCH (TAG "A1")')
 
 
 class Sort(Session):

@@ -198,7 +198,7 @@ class Folders(IMAPTestCase):
         def run():
             c = self.imaps()
             self.assertIn(b"mailplat", c.id_({"name": "test"})[0])
-            self.assertEqual(c.enable("CONDSTORE"), [])
+            self.assertEqual(c.enable("CONDSTORE"), [b"CONDSTORE"])  # RFC 7162 3.1
 
         return self.check(run)
 

@@ -840,7 +840,7 @@ class Commands(ProtocolTestCase):
 
     def test_enable_answers_enabled(self):
         return self.talk(b"ENABLE CONDSTORE", select=False).addCallback(
-            lambda a: self.assertEqual(a[0][0], b"* ENABLED\r\n")
+            lambda a: self.assertEqual(a[0][0], b"* ENABLED CONDSTORE\r\n")  # RFC 7162 3.1
         )
 
     def test_unselect_does_not_expunge(self):

@@ -98,7 +98,8 @@ class URLAuth(unittest.TestCase):
             off, on = answers
             self.assertNotIn(b" URLAUTH", off)
             self.assertIn(b" URLAUTH", on)
-            self.assertNotIn(b"URLAUTH=BINARY", on)
+            self.assertIn(b" URLAUTH=BINARY", on)
+            self.assertNotIn(b"URLAUTH=BINARY", off)
 
         return in_thread(run).addCallback(check)
 
@@ -202,6 +203,32 @@ class URLAuth(unittest.TestCase):
 
         return in_thread(run).addCallback(check)
 
+    def test_delete_and_rename_drop_the_key(self):
+        def run():
+            c = self.client()
+            for n, name in enumerate((b"Gone", b"Moved")):
+                c.command(b"C%d CREATE %s" % (n, name))
+                c.send(b"A%d APPEND %s {%d+}\r\n" % (n, name, len(MESSAGE)) + MESSAGE + b"\r\n")
+                c.until(b"A%d" % n)
+            gone = self.genurlauth(c, b"imap://alice@example.test/Gone/;uid=1;urlauth=authuser")
+            moved = self.genurlauth(c, b"imap://alice@example.test/Moved/;uid=1;urlauth=authuser")
+            self.assertIn(MESSAGE, self.urlfetch(c, gone))
+            self.assertIn(MESSAGE, self.urlfetch(c, moved))
+            c.command(b"D1 DELETE Gone")
+            c.command(b"R1 RENAME Moved Gone")
+            # A mailbox now named Gone, holding a message with UID 1: the old URLs still fetch nothing.
+            after = (self.urlfetch(c, gone), self.urlfetch(c, moved))
+            fresh = self.genurlauth(c, b"imap://alice@example.test/Gone/;uid=1;urlauth=authuser")
+            return after, self.urlfetch(c, fresh)
+
+        def check(result):
+            (gone, moved), fresh = result
+            self.assertIn(b" NIL", gone)
+            self.assertIn(b" NIL", moved)
+            self.assertIn(MESSAGE, fresh)
+
+        return in_thread(run).addCallback(check)
+
     def test_bad_input(self):
         def run():
             c = self.client()
@@ -240,3 +267,87 @@ class URLAuthMbox(URLAuth):
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
 
         return in_thread(run).addCallback(check)
+
+
+NESTED = (
+    b"From: user@domain.org\r\n"
+    b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+    b"--b\r\n"
+    b"Content-Type: message/rfc822\r\n\r\n"
+    b"Subject: inner\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n"
+    b"aGVs\r\nbG8gd29y\r\nbGQ=\r\n"
+    b"\r\n--b\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n"
+    b"AAEC/w==\r\n"
+    b"--b--\r\n"
+)
+
+
+class URLAuthBinary(unittest.TestCase):
+    """RFC 5524 URLAUTH=BINARY: URLFETCH (url BINARY / BODYPARTSTRUCTURE / BODY)."""
+
+    setUp = URLAuth.setUp
+    drain = URLAuth.drain
+    client = URLAuth.client
+    genurlauth = URLAuth.genurlauth
+    store = "maildir"
+
+    def fetch_params(self, section, params):
+        def run():
+            c = self.client()
+            c.send(b"A1 APPEND INBOX {%d+}\r\n" % len(NESTED) + NESTED + b"\r\n")
+            uid = int(re.search(rb"APPENDUID \d+ (\d+)", b"".join(c.until(b"A1"))).group(1))
+            url = self.genurlauth(c, b"imap://alice@example.test/INBOX/;uid=%d/;section=%s;urlauth=authuser" % (uid, section))
+            answer = b"".join(c.command(b"F1 URLFETCH (" + url + b" " + params + b")"))
+            return url, answer
+
+        return in_thread(run)
+
+    @defer.inlineCallbacks
+    def test_binary_of_a_leaf_is_decoded(self):
+        url, answer = yield self.fetch_params(b"2", b"BINARY")
+        # NUL and 8-bit octets: a literal8 (RFC 3516 4.4)
+        self.assertIn(b'* URLFETCH "' + url + b'" (BINARY ~{4}\r\n\x00\x01\x02\xff)', answer)
+
+    @defer.inlineCallbacks
+    def test_binary_of_an_attached_message_decodes_its_parts(self):
+        url, answer = yield self.fetch_params(b"1", b"BINARY")
+        inner = (
+            b"Subject: inner\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+            b"Content-Transfer-Encoding: binary\r\n\r\nhello world"
+        )
+        self.assertIn(b"(BINARY {%d}\r\n" % len(inner) + inner + b")", answer)
+
+    @defer.inlineCallbacks
+    def test_bodypartstructure_alone_describes_the_part_as_stored(self):
+        url, answer = yield self.fetch_params(b"1.1", b"BODYPARTSTRUCTURE")
+        self.assertIn(
+            b'(BODYPARTSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "BASE64" 22 3 NIL NIL NIL NIL))', answer
+        )
+
+    @defer.inlineCallbacks
+    def test_with_binary_the_structure_has_the_decoded_sizes(self):
+        url, answer = yield self.fetch_params(b"1.1", b"BINARY BODYPARTSTRUCTURE")
+        self.assertIn(
+            b'(BODYPARTSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "BASE64" 11 0 NIL NIL NIL NIL)'
+            b" BINARY {11}\r\nhello world)",
+            answer,
+        )
+
+    @defer.inlineCallbacks
+    def test_body_is_the_part_as_stored(self):
+        url, answer = yield self.fetch_params(b"1.1", b"BODY")
+        self.assertIn(b"(BODY {22}\r\naGVs\r\nbG8gd29y\r\nbGQ=\r\n)", answer)
+
+    @defer.inlineCallbacks
+    def test_unknown_parameter_is_bad(self):
+        url, answer = yield self.fetch_params(b"1", b"SIZE")
+        self.assertIn(b"F1 BAD", answer)
+
+    @defer.inlineCallbacks
+    def test_a_part_that_is_not_there_is_nil(self):
+        url, answer = yield self.fetch_params(b"9", b"BINARY")
+        self.assertIn(b'* URLFETCH "' + url + b'" NIL', answer)

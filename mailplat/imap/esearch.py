@@ -1,6 +1,7 @@
 """
 Result options of SEARCH and SORT: ESEARCH (RFC 4731), ESORT (RFC 5267 3),
-SEARCHRES (RFC 5182 `SAVE`) and PARTIAL (RFC 5267 4.4, RFC 9394).
+SEARCHRES (RFC 5182 `SAVE`), PARTIAL (RFC 5267 4.4, RFC 9394) and UPDATE
+(RFC 5267 4.1; the updates themselves: L{mailplat.imap.context}).
 
 `parse_return` reads `RETURN (...)` after SEARCH or SORT; `answer` builds
 the `* ESEARCH` line from the matching messages (in sequence order for
@@ -11,7 +12,7 @@ import re
 
 from mailplat.imap.parser import BadCommand, quote
 
-_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE")
+_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE")  # RFC 5267 4.1: UPDATE
 # RFC 9394 3.1: partial-range-first = nz-number ":" nz-number,
 # partial-range-last = "-" nz-number ":-" nz-number.
 _RANGE = re.compile(rb"(-?)([1-9]\d{0,9}):(-?)([1-9]\d{0,9})")
@@ -30,6 +31,11 @@ class ReturnOptions:
         return b"SAVE" in self.options
 
     @property
+    def update(self):
+        # RFC 5267 4.1: keep the result up to date (L{mailplat.imap.context}).
+        return b"UPDATE" in self.options
+
+    @property
     def silent(self):
         # RFC 5182 2.4: SAVE alone answers with no ESEARCH at all.
         return self.options == {b"SAVE"} and self.partial is None
@@ -39,24 +45,28 @@ def parse_return(reader):
     """
     `RETURN (opt ...)` when the command has it (RFC 4731 3.1), else None;
     the reader is left on the space before what follows. `RETURN ()` is
-    `RETURN (ALL)`.
+    `RETURN (ALL)`; `RETURN (UPDATE)` alone answers with the tag only, then
+    ADDTO / REMOVEFROM as the result changes (RFC 5267 4.3.2).
     """
     if reader.text[reader.pos : reader.pos + 7].upper() != b"RETURN ":
         return None
     reader.pos += 7
     reader.open_paren()
     options, partial, text = set(), None, None
+    first = True
     while reader.peek() != b")":
-        if options or partial:
+        if not first:
             reader.space()
+        first = False
         name = reader.atom("a RETURN option").upper()
         if name in _OPTIONS:
             options.add(name)
         elif name == b"PARTIAL" and partial is None:
             reader.space()
             partial, text = _partial_range(reader.atom("a partial range"))
+        elif name == b"CONTEXT":
+            pass  # RFC 5267 4.2: a hint that updates or partials will follow; nothing to do
         else:
-            # UPDATE and CONTEXT (RFC 5267 4) are not offered.
             raise BadCommand(f"unsupported RETURN option {name.decode('ascii', 'replace')}")
     reader.close_paren()
     if not options and partial is None:
@@ -132,5 +142,11 @@ def answer(tag, uid, found, ret):
         parts.append(b"PARTIAL (" + ret.partial_text + b" " + (compact(window) if window else b"NIL") + b")")
     elif b"MIN" in opts or b"MAX" in opts:
         saved = (found[:1] if b"MIN" in opts else []) + (found[-1:] if b"MAX" in opts else [])
+    if getattr(ret, "modseq", False):
+        # RFC 7162 3.1.10: with a MODSEQ key, the highest
+        # modseq of the messages the answer reports (all of them for COUNT).
+        shown = saved if ret.partial is not None or (opts & {b"MIN", b"MAX"} and not opts & {b"ALL", b"COUNT"}) else found
+        if shown:
+            parts.append(b"MODSEQ %d" % max(getattr(c.info, "modseq", 0) for c in shown))
     line = None if ret.silent else b"ESEARCH " + b" ".join(parts)
     return line, frozenset(c.uid for c in saved)

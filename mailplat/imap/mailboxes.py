@@ -15,7 +15,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailplat.imap import fetch, mime, urls
+from mailplat.imap import condstore, fetch, mime, quota, urls
 from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
 from mailplat.store.boundary import RefusedName
@@ -24,6 +24,9 @@ from mailplat.store.source import BytesSource
 log = Logger()
 
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
+# RFC 9208 4.2 (QUOTA): what an EXPUNGE would give back (mailplat.imap.quota).
+STATUS_ITEMS += (b"DELETED", b"DELETED-STORAGE")
+STATUS_ITEMS += (b"HIGHESTMODSEQ",)  # RFC 7162 3.1.7 (mailplat.imap.condstore)
 _DATE_TIME = re.compile(
     rb"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
 )
@@ -70,7 +73,10 @@ def _status_response(name, folder, msgs, items):
         b"UIDNEXT": folder.uidnext,
         b"UIDVALIDITY": folder.uidvalidity,
         b"UNSEEN": sum(1 for m in msgs if "\\Seen" not in m.flags),
+        b"HIGHESTMODSEQ": condstore.highestmodseq(folder),
     }
+    if b"DELETED" in items or b"DELETED-STORAGE" in items:
+        values.update(quota.deleted_status(msgs))
     body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
     return b"STATUS " + encode_mailbox(name) + b" (" + body + b")"
 
@@ -278,7 +284,9 @@ class MailboxCommands:
     def _select(self, tag, reader, readonly):
         reader.space()
         name = canonical_name(reader.mailbox())
+        params = self.select_params(reader)  # RFC 7162 3.1.8, 3.2.5: (CONDSTORE), (QRESYNC (...))
         reader.end()
+        self.closing_for_select()  # RFC 7162 3.2.11: [CLOSED]
         # RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self._deselect()
         d = defer.maybeDeferred(self.account.folder, name)
@@ -319,6 +327,8 @@ class MailboxCommands:
             out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity)
             out.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uidnext)
             out.append(permanent_line)
+            out.append(condstore.modseq_line(folder))  # RFC 7162 3.1.2.1: HIGHESTMODSEQ
+            out.append(self.selected_modseq(sel, params))  # RFC 7162 3.2.5: QRESYNC's answers
             self.write(b"".join(out))
             self.selected = sel
             self.state = SELECTED
@@ -350,7 +360,7 @@ class MailboxCommands:
             failure.trap(ValueError, KeyError)
             self.no(tag, f"[CANNOT] {failure.value}")
 
-        return d.addCallbacks(lambda _: self.ok(tag, "CREATE completed"), refused)
+        return d.addCallbacks(lambda _: self._mailbox_done(tag, "CREATE", name), refused)
 
     def cmd_DELETE(self, tag, reader):
         reader.space()
@@ -368,7 +378,7 @@ class MailboxCommands:
             failure.trap(ValueError)
             self.no(tag, f"[CANNOT] {failure.value}")
 
-        return d.addCallbacks(lambda _: self.ok(tag, "DELETE completed"), refused)
+        return d.addCallbacks(lambda _: self._mailbox_done(tag, "DELETE", name), refused)
 
     def cmd_RENAME(self, tag, reader):
         reader.space()
@@ -386,7 +396,7 @@ class MailboxCommands:
             failure.trap(ValueError)
             self.no(tag, f"[CANNOT] {failure.value}")
 
-        return d.addCallbacks(lambda _: self.ok(tag, "RENAME completed"), refused)
+        return d.addCallbacks(lambda _: self._mailbox_done(tag, "RENAME", new, old), refused)
 
     # --- SUBSCRIBE / UNSUBSCRIBE (RFC 3501 6.3.6, 6.3.7) -----------------
 
@@ -395,14 +405,27 @@ class MailboxCommands:
         name = canonical_name(reader.mailbox())
         reader.end()
         d = defer.maybeDeferred(self.account.subscribe, name)
-        return d.addCallbacks(lambda _: self.ok(tag, "SUBSCRIBE completed"), self._refused(tag))
+        return d.addCallbacks(lambda _: self._mailbox_done(tag, "SUBSCRIBE", name), self._refused(tag))
 
     def cmd_UNSUBSCRIBE(self, tag, reader):
         reader.space()
         name = canonical_name(reader.mailbox())
         reader.end()
         d = defer.maybeDeferred(self.account.unsubscribe, name)
-        return d.addCallbacks(lambda _: self.ok(tag, "UNSUBSCRIBE completed"), self._refused(tag))
+        return d.addCallbacks(lambda _: self._mailbox_done(tag, "UNSUBSCRIBE", name), self._refused(tag))
+
+    def _mailbox_done(self, tag, verb, name, old=None):
+        """
+        After CREATE, DELETE, RENAME, (UN)SUBSCRIBE: other sessions with
+        NOTIFY hear of it (RFC 5465 5.4, 5.5; L{mailplat.imap.notify}); a
+        mailbox deleted or renamed loses its URLAUTH key (RFC 4467 7:
+        URLs to what was there fetch NIL, L{mailplat.imap.urlauth}).
+        """
+        self._mailbox_event(verb.lower(), name, old)
+        d = defer.succeed(None)
+        if verb in ("DELETE", "RENAME"):
+            d = self._forget_urlauth([name] if old is None else [old, name])
+        return d.addCallback(lambda _: self.ok(tag, f"{verb} completed"))
 
     def _refused(self, tag):
         def refused(failure):
@@ -589,6 +612,8 @@ class MailboxCommands:
         reader.space()
         items = _status_items(reader)
         reader.end()
+        if b"HIGHESTMODSEQ" in items:
+            self.enable_modseq()  # RFC 7162 3.1: a CONDSTORE-enabling command
         d = defer.maybeDeferred(self.account.folder, name)
 
         def got(folder):
@@ -729,11 +754,13 @@ class MailboxCommands:
 
     def cmd_ENABLE(self, tag, reader):
         reader.space()
-        reader.atom("a capability")
+        names = [reader.atom("a capability")]
         while reader.maybe_space():
-            reader.atom("a capability")
+            names.append(reader.atom("a capability"))
         reader.end()
-        # None of our extensions needs enabling (no CONDSTORE, no UTF8=ACCEPT).
-        self.untagged(b"ENABLED")
+        # RFC 5161 3.1: ENABLED names what was enabled; CONDSTORE and QRESYNC
+        # (RFC 7162 3.1, 3.2.3; L{condstore}) are all that need it.
+        enabled = self.enable_names(names)
+        self.untagged(b"ENABLED" + b"".join(b" " + n for n in enabled))
         self.ok(tag, "ENABLE completed")
 

@@ -13,6 +13,7 @@ every message in memory.
 from twisted.internet import defer, reactor, task, threads
 
 from mailplat.imap import esearch, fetch
+from mailplat.imap.condstore import QRESYNC, modseq_of
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
 from mailplat.interfaces import IBatchOpen
@@ -134,7 +135,7 @@ class MessageCommands:
 
         def done(removed):
             self.write(b"".join(sel.drop(removed)))
-            self.ok(tag, "EXPUNGE completed")
+            self.ok(tag, self.expunge_done_text(sel))  # RFC 7162 3.2.7: [HIGHESTMODSEQ] with CONDSTORE
 
         return d.addCallback(done)
 
@@ -144,6 +145,7 @@ class MessageCommands:
         reader.space()
         token = reader.sequence_set()
         reader.space()
+        unchangedsince = self.store_modifiers(reader)  # RFC 7162 3.1.3 (L{condstore})
         what = reader.atom("+FLAGS, -FLAGS or FLAGS").upper()
         mode = "="
         if what[:1] in (b"+", b"-"):
@@ -164,23 +166,23 @@ class MessageCommands:
         if not targets:
             self.ok(tag, "STORE completed")
             return None
-        d = defer.maybeDeferred(sel.folder.store_flags, [u for _, u in targets], frozenset(flags), mode, self)
+        d = self.condstore_store(sel, [u for _, u in targets], frozenset(flags), mode, unchangedsince)
 
-        def done(changed):
+        def done(result):
+            changed, modified, before = result
             out = []
             for seq, u in targets:
                 if u in changed:
                     sel.flagged.discard(u)
-                    if silent:
-                        continue
                     now = frozenset(changed[u]) | ({"\\Recent"} if u in sel.recent else frozenset())
-                    out += sel.announce(now)  # RFC 3501 7.2.6: a new keyword first
-                    items = b"FLAGS " + fetch.flag_list(now)
-                    if uid:
-                        items += b" UID %d" % u
-                    out.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+                    if not silent:
+                        out += sel.announce(now)  # RFC 3501 7.2.6: a new keyword first
+                    # FLAGS, and MODSEQ with CONDSTORE (L{condstore.CondstoreCommands.store_line})
+                    line = self.store_line(sel, seq, u, now, uid, silent, before)
+                    if line is not None:
+                        out.append(line)
             self.write(b"".join(out))
-            self.ok(tag, "STORE completed")
+            self.ok(tag, self.store_done_text(sel, targets, modified, uid))
 
         return d.addCallback(done)
 
@@ -262,16 +264,24 @@ class MessageCommands:
                 return self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
             query = Query(reader, charset)
             reader.end()
+            self._check_live_tag(tag, ret)
+            uses_modseq = query.uses_modseq  # RFC 7162 3.1.5: SEARCH MODSEQ (L{condstore})
+            if uses_modseq:
+                self._need_modseqs()
+                if ret is not None:
+                    ret.modseq = True
         except BadCommand:
             self._forget_saved(ret)
             raise
+        query = self._live_query(query, ret)  # RFC 5267 4: RETURN (UPDATE), L{mailplat.imap.context}
 
         def answer(found):
             if ret is not None:
                 self._esearch(tag, uid, found, ret)
+                self._go_live(tag, uid, found, ret, query)
             else:
                 numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
-                self.untagged(b"SEARCH" + (b" " + numbers if numbers else b""))
+                self.untagged(b"SEARCH" + (b" " + numbers if numbers else b"") + self.search_modseq(uses_modseq, found))
             self.ok(tag, "SEARCH completed")
 
         return self._search(query).addCallback(answer)
@@ -346,14 +356,20 @@ class MessageCommands:
         reader.space()
         token = reader.sequence_set()
         reader.space()
-        items = fetch.parse_items(reader.rest())
+        # RFC 7162 3.1.4 / 3.2.6: the MODSEQ item, (CHANGEDSINCE n [VANISHED]) (L{condstore}).
+        raw, modseq_item, mods = self.fetch_items(reader.rest(), uid)
+        items = fetch.parse_items(raw) if raw is not None else []
         reader.end()
-        if uid and not any(i.kind == "uid" for i in items):
+        if modseq_item is not None and not any(i.kind == "modseq" for i in items):
+            items.append(modseq_item)
+        # RFC 7162 3.2.4: with QRESYNC every FETCH carries UID.
+        if (uid or self.modseq_mode >= QRESYNC) and not any(i.kind == "uid" for i in items):
             items.insert(0, fetch.Item("uid"))
         sel = self.selected
         targets = sel.with_info(self._targets(token, uid))
         # Messages expunged by another session but not yet reported are skipped.
         targets = [t for t in targets if t[2] is not None]
+        targets = self.fetch_changed(sel, token, targets, mods)
         seen = set()
         d = defer.succeed(None)
         if not sel.readonly and any(i.sets_seen for i in items):
@@ -490,6 +506,9 @@ class MessageCommands:
                 parts.append(b"BODYSTRUCTURE " + _wire(bs))
             elif kind == "body":
                 parts.append(b"BODY " + _wire(body))
+            elif kind == "modseq":
+                # RFC 7162 3.1.4: after an implicit \Seen, the new one.
+                parts.append(b"MODSEQ (%d)" % modseq_of((sel.info(u) if seen_now else None) or info))
             else:
                 data = sections.get(n, b"")
                 parts.append(item.wire(data))
@@ -497,6 +516,8 @@ class MessageCommands:
             # RFC 3501 6.4.5: an implicit \Seen is reported with the data.
             flags = sel.flags_of(u, info) | SEEN
             parts.append(b"FLAGS " + fetch.flag_list(flags))
+        if seen_now and self.modseq_mode and not any(i.kind == "modseq" for i in items):
+            parts.append(b"MODSEQ (%d)" % modseq_of(sel.info(u) or info))  # RFC 7162 3.1: flags changed
         # RFC 3501 7.2.6: a keyword the client was not told of goes in FLAGS first.
         announced = b"".join(sel.announce(flags)) if flags is not None else b""
         return announced + b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"

@@ -14,7 +14,7 @@ import email.utils
 import quopri
 import time
 
-from mailplat.imap import address, mime
+from mailplat.imap import address, condstore, mime
 from mailplat.imap.parser import BadCommand, in_ranges, parse_date, parse_sequence_set
 
 MAX_DEPTH = 100  # nested search keys (Dovecot refuses deep nesting too)
@@ -92,6 +92,7 @@ class Query:
         self.charset = charset
         self.depth = 0
         self.saved = frozenset()  # the UIDs `$` stands for (RFC 5182), set by the session
+        self.uses_modseq = False  # RFC 7162 3.1.5: a MODSEQ key (the answer ends with (MODSEQ n))
         self.tree = self._keys()
 
     def _keys(self):
@@ -177,6 +178,18 @@ class Query:
         if key == "UID":
             r.space()
             return ("uid", r.sequence_set())
+        if key == "MODSEQ":
+            # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-valzer;
+            # one modseq per message here, whatever flag the entry names.
+            r.space()
+            if r.peek() == b'"':
+                r.string()
+                r.space()
+                if r.atom("priv, shared or all").lower() not in (b"priv", b"shared", b"all"):
+                    raise BadCommand("MODSEQ entry type is priv, shared or all")
+                r.space()
+            self.uses_modseq = True
+            return ("modseq", condstore.number(r, zero=True))
         if key == "NOT":
             r.space()
             return ("not", self._key())
@@ -214,6 +227,8 @@ class Query:
             return not self._eval(node[1], ctx)
         if kind == "or":
             return self._eval(node[1], ctx) or self._eval(node[2], ctx)
+        if kind == "modseq":
+            return getattr(ctx.info, "modseq", 0) >= node[1]
         if kind == "larger":
             return ctx.info.size > node[1]
         if kind == "smaller":

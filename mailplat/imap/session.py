@@ -34,7 +34,8 @@ def flags_responses(keywords, readonly):
 
 class SelectedFolder:
     __slots__ = (
-        "folder", "readonly", "uids", "recent", "expunged", "flagged", "known", "saved", "unsubscribe", "__weakref__"
+        "folder", "readonly", "uids", "recent", "expunged", "flagged", "known", "saved", "unsubscribe", "__weakref__",
+        "contexts", "modseq_mode",
     )
 
     def __init__(self, folder, readonly):
@@ -49,6 +50,10 @@ class SelectedFolder:
         # SELECT starts empty, and expunged ones drop out when resolved.
         self.saved = frozenset()
         self.unsubscribe = None
+        # RFC 5267 4: the results kept up to date (L{mailplat.imap.context.LiveResults}), or None.
+        self.contexts = None
+        # RFC 7162: 1 with CONDSTORE on (FETCHes carry MODSEQ), 2 with QRESYNC (VANISHED for EXPUNGE).
+        self.modseq_mode = 0
 
     # --- lookups ---------------------------------------------------------
 
@@ -174,16 +179,26 @@ class SelectedFolder:
                     continue
                 flags = self.flags_of(uid, info)
                 out += self.announce(flags)
+                if self.modseq_mode:
+                    # RFC 7162 3.1: with CONDSTORE on, every FETCH of a change carries MODSEQ.
+                    modseq = getattr(info, "modseq", 0)
+                    out.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, flag_list(flags), modseq))
+                    continue
                 out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flag_list(flags)))
             self.flagged = set()
         return out
 
     def drop(self, uids):
         """Remove UIDs from the view: one EXPUNGE each, numbers as they shift."""
-        out = []
+        # RFC 5267 4.3.4: an updating result hears of it first, while its sequence numbers hold.
+        out = self.contexts.removing(self, uids) if self.contexts is not None else []
         gone = sorted((self.seq_of(u), u) for u in uids if self.seq_of(u) is not None)
+        if gone and self.modseq_mode >= 2:
+            # RFC 7162 3.2.10: after ENABLE QRESYNC, one VANISHED for them all.
+            out.append(b"* VANISHED " + _uid_set(sorted(u for _, u in gone)) + b"\r\n")
         for seq, uid in reversed(gone):
-            out.append(b"* %d EXPUNGE\r\n" % seq)
+            if self.modseq_mode < 2:
+                out.append(b"* %d EXPUNGE\r\n" % seq)
             self.recent.discard(uid)
         if gone:
             dropped = {u for _, u in gone}
@@ -219,3 +234,15 @@ def unclaimed(folder, uids):
 
 def _uid_of(info):
     return info.uid
+
+
+def _uid_set(uids):
+    """Ascending UIDs -> b'1:3,7'."""
+    out, i = [], 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
+        i = j + 1
+    return b",".join(out)

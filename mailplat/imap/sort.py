@@ -102,20 +102,28 @@ class SortCommands:
             criteria = parse_criteria(reader)
             reader.space()
             query = search_program(reader)
+            self._check_live_tag(tag, ret)
         except BadCommand:
             self._forget_saved(ret)
             raise
         if query is None:
             self._forget_saved(ret)
             return self.no(tag, BADCHARSET)
+        uses_modseq = query.uses_modseq  # RFC 7162 3.1.9: SORT with MODSEQ ends with (MODSEQ n)
+        if uses_modseq:
+            self._need_modseqs()
+            if ret is not None:
+                ret.modseq = True
+        query = self._live_query(query, ret)  # RFC 5267 4: RETURN (UPDATE), L{mailplat.imap.context}
 
         def answer(found, keys):
             found = ordered(found, criteria, keys)
             if ret is not None:
                 self._esearch(tag, uid, found, ret)
+                self._go_live(tag, uid, found, ret, query, criteria)
             else:
                 numbers = b" ".join(b"%d" % (c.uid if uid else c.seq) for c in found)
-                self.untagged(b"SORT" + (b" " + numbers if numbers else b""))
+                self.untagged(b"SORT" + (b" " + numbers if numbers else b"") + self.search_modseq(uses_modseq, found))
             self.ok(tag, "SORT completed")
 
         def matched(found):

@@ -30,6 +30,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailplat.imap import urls
+from mailplat.imap.urlbinary import FETCH_PARAMS, metadata_response, url_metadata
 from mailplat.imap.parser import BadCommand, canonical_name
 
 log = Logger()
@@ -96,6 +97,17 @@ def reset_keys(account, mailbox=None):
     _write_keys(path, keys)
 
 
+def drop_keys(account, names, separator):
+    """In a thread: forget the keys of the mailboxes `names` and of their children."""
+    path = _keys_path(account)
+    keys = _read_keys(path)
+    left = {
+        k: v for k, v in keys.items() if not any(k == n or k.startswith(n + separator) for n in names)
+    }
+    if left != keys:
+        _write_keys(path, left)
+
+
 def token(key, rump):
     # RFC 4467 7: INTERNAL; the token is 32 or more hex digits (enc-urlauth).
     return hmac.new(key, rump.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -122,7 +134,19 @@ def _access_allows(access, address):
 
 
 class URLAuthCommands:
-    """GENURLAUTH, RESETKEY, URLFETCH; a mixin of L{mailplat.imap.server.MailplatIMAP}."""
+    """GENURLAUTH, RESETKEY, URLFETCH; a mixin of L{mailplat.imap.server.MailplatIMAP}.
+    URLFETCH's RFC 5524 parameters are answered by L{mailplat.imap.urlbinary}."""
+
+    def _forget_urlauth(self, names):
+        """
+        A mailbox deleted or renamed (and its children) loses its access
+        key, so URLs signed for what was there fetch NIL even if a new
+        mailbox gets the name. Failing here fails nothing else: it is logged.
+        """
+        if not hasattr(self.account, "root"):
+            return defer.succeed(None)  # an account that keeps no keys
+        d = _locked(self.account, drop_keys, self.account, names, self._sep())
+        return d.addErrback(lambda f: log.failure("URLAUTH keys of {names}", f, names=names))
 
     # --- GENURLAUTH (RFC 4467 4.1) ---------------------------------------------
 
@@ -195,13 +219,26 @@ class URLAuthCommands:
         yield _locked(self.account, reset_keys, self.account, mailbox)
         self.ok(tag, "RESETKEY completed")
 
-    # --- URLFETCH (RFC 4467 4.3) -----------------------------------------------
+    # --- URLFETCH (RFC 4467 4.3; RFC 5524 URLAUTH=BINARY) ----------------------
 
     def cmd_URLFETCH(self, tag, reader):
+        # RFC 5524 3: url-fetch-arg = url / "(" url *(SP fetch-param) ")"
         wanted = []
         reader.space()
         while True:
-            wanted.append(reader.astring("a URL").decode("utf-8", "replace"))
+            if reader.peek() == b"(":
+                reader.open_paren()
+                url = reader.astring("a URL").decode("utf-8", "replace")
+                params = []
+                while reader.maybe_space():
+                    name = reader.atom("BODYPARTSTRUCTURE, BINARY or BODY").upper()
+                    if name not in FETCH_PARAMS:
+                        raise BadCommand(f"unknown URLFETCH parameter {name.decode('ascii', 'replace')}")
+                    params.append(name)
+                reader.close_paren()
+                wanted.append((url, params))
+            else:
+                wanted.append((reader.astring("a URL").decode("utf-8", "replace"), None))
             if not reader.maybe_space():
                 break
         reader.end()
@@ -210,21 +247,30 @@ class URLAuthCommands:
     @defer.inlineCallbacks
     def _urlfetch(self, tag, wanted):
         answer = [b"URLFETCH"]
-        for url in wanted:
+        for url, params in wanted:
             try:
-                data = yield self._urlauth_bytes(url)
+                data = yield self._urlauth_bytes(url, params)
             except Exception:
                 log.failure("URLFETCH {url}", url=url)
                 data = None
             answer.append(_quoted(url))
             # RFC 4467 4.3: NIL when the URL cannot be fetched, for whatever reason.
-            answer.append(b"NIL" if data is None else b"{%d}\r\n" % len(data) + data)
+            if data is None:
+                answer.append(b"NIL")
+            elif params is None:
+                answer.append(b"{%d}\r\n" % len(data) + data)
+            else:
+                answer.append(metadata_response(data, params))
         self.write(b"* " + b" ".join(answer) + b"\r\n")
         self.ok(tag, "URLFETCH completed")
 
     @defer.inlineCallbacks
-    def _urlauth_bytes(self, url):
-        """RFC 4467 3, 7: the bytes the URL names if its token, expiry and access allow; else None."""
+    def _urlauth_bytes(self, url, params=None):
+        """
+        RFC 4467 3, 7: the bytes the URL names if its token, expiry and
+        access allow, else None; with RFC 5524 parameters, a dict of what
+        they ask for (L{url_metadata}).
+        """
         from mailplat.imap.mailboxes import _url_part  # imported late: as CATENATE resolves URLs
 
         try:
@@ -254,7 +300,10 @@ class URLAuthCommands:
             return None
         try:
             f = yield defer.maybeDeferred(folder.open, auth.ref.uid)
-            data = yield threads.deferToThread(_url_part, f, auth.ref)
+            if params is None:
+                data = yield threads.deferToThread(_url_part, f, auth.ref)
+            else:
+                data = yield threads.deferToThread(url_metadata, f, auth.ref, params)
         except (KeyError, OSError):
             return None
         return data

@@ -6,7 +6,8 @@ and \\Recent kept as Dovecot's first unclaimed UID.
 A folder class mixes this in and keeps `_msgs` (infos by ascending UID),
 `_by_uid`, `_cache`, `_cache_pending`, `_flush_queued` and
 `_first_recent`, `_index_dirty`, `_index_written`, `_gone`, `_loaded`,
-`_sync_waiters`, `_lock` (a DeferredLock); it provides `flush()`,
+`_sync_waiters`, `_lock` (a DeferredLock), `_modseq` (a
+L{mailplat.store.modseq.ModSeqs}); it provides `flush()`,
 `needs_scan()`, `_rescan()` (read the disk, apply, fire with the
 messages), `_recent_claimed()` (persist the new first unclaimed UID), and
 the class attributes `gone_error` and `index_delay`.
@@ -16,6 +17,8 @@ import time
 from bisect import bisect_left
 
 from twisted.internet import defer
+
+from mailplat.store import modseq
 
 # Cached values written to the index in batches of this many.
 CACHE_BATCH = 500
@@ -83,6 +86,28 @@ class FolderViewMixin:
         # lock would exhaust the stack when they ran.
         if len(self._cache_pending) >= CACHE_BATCH and not self._flush_queued:
             self.flush()
+
+    # --- RFC 7162 mod-sequences (IModSeqFolder; mailplat.store.modseq) ----------
+
+    def _settle(self, infos, removed=(), reset=False):
+        """
+        L{modseq.settle} for this folder. A folder no session watches is
+        freed when its command is done, before the poller would write its
+        index, and the next one made would have to number every message
+        again (the ceiling is ahead of that index): the store holds it
+        until it is written (`_hold`).
+        """
+        value = modseq.settle(self._modseq, infos, removed, reset)
+        if value is not None and not self._subscribers:
+            self.store._hold(self)
+        return value
+
+    @property
+    def highestmodseq(self):
+        return self._modseq.highest
+
+    def vanished(self, modseq):
+        return self._modseq.vanished(modseq)
 
     def claim_recent(self, uids):
         # RFC 3501 2.3.2: \Recent goes to the first session told of a message.

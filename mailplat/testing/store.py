@@ -2,8 +2,9 @@
 StoreConformance: what a mail store must do for SMTP delivery, POP3 and
 IMAP to work on it (IMailStore, IFolderStore, IMailAccount, IMailFolder):
 durable delivery, stable keys, folders, UIDs that ascend and persist,
-flags, append / copy / move / expunge, \\Recent, change notification and
-the metadata cache. Everything is checked through the interfaces only.
+flags, append / copy / move / expunge, \\Recent, change notification,
+the metadata cache, and mod-sequences (IModSeqFolder, when the folder has
+them). Everything is checked through the interfaces only.
 """
 
 import time
@@ -20,6 +21,7 @@ from mailplat.interfaces import (
     IMailFolder,
     IMailStore,
     IMessageInfo,
+    IModSeqFolder,
     IStoredMessage,
 )
 from mailplat.store.source import BytesSource
@@ -76,7 +78,8 @@ class StoreConformance:
     Tests of the IMAP side (folders, UIDs, flags...) need a store that
     provides IFolderStore; for one that only provides IMailStore (SMTP
     delivery and POP3) they are skipped. The optional parts of a folder,
-    C{recent_count} and L{IBatchOpen}, are tested when the folder has them.
+    C{recent_count}, L{IBatchOpen} and L{IModSeqFolder}, are tested when the
+    folder has them.
 
     Capabilities (class attributes):
 
@@ -930,3 +933,94 @@ class StoreConformance:
         again = yield self._kit_folder(store)
         yield again.sync()
         self.assertEqual(again.cached(uid, "envelope"), value)
+
+    # --- mod-sequences (IModSeqFolder, RFC 7162), when the folder keeps them ----------------
+
+    @defer.inlineCallbacks
+    def _kit_modseq_inbox(self, count=3):
+        store, folder, uids = yield self._kit_flagged_inbox(count)
+        if not IModSeqFolder.providedBy(folder):
+            raise SkipTest(f"{type(folder).__name__} does not provide IModSeqFolder")
+        self.assertTrue(verifyObject(IModSeqFolder, folder))
+        return store, folder, uids
+
+    @staticmethod
+    def _kit_modseqs(folder):
+        return {m.uid: m.modseq for m in folder.messages()}
+
+    @defer.inlineCallbacks
+    def test_every_message_has_a_modseq_up_to_highestmodseq(self):
+        _, folder, uids = yield self._kit_modseq_inbox()
+        top = folder.highestmodseq
+        self.assertGreaterEqual(top, 1)
+        for uid, value in self._kit_modseqs(folder).items():
+            self.assertTrue(1 <= value <= top, (uid, value, top))
+
+    @defer.inlineCallbacks
+    def test_a_flag_change_gives_the_changed_messages_a_new_highest_modseq(self):
+        _, folder, [a, b, c] = yield self._kit_modseq_inbox()
+        before, top = self._kit_modseqs(folder), folder.highestmodseq
+        yield folder.store_flags([a, b], ["\\Seen"], "+")
+        after = self._kit_modseqs(folder)
+        self.assertGreater(folder.highestmodseq, top)
+        self.assertGreater(after[a], top)
+        self.assertGreater(after[b], top)
+        self.assertEqual(after[c], before[c])
+        self.assertLessEqual(max(after.values()), folder.highestmodseq)
+        # A store that changes nothing gives no new modseq.
+        top = folder.highestmodseq
+        yield folder.store_flags([a], ["\\Seen"], "+")
+        self.assertEqual(self._kit_modseqs(folder), after)
+        self.assertEqual(folder.highestmodseq, top)
+
+    @defer.inlineCallbacks
+    def test_new_mail_and_expunges_raise_highestmodseq(self):
+        store, folder, [a, b, c] = yield self._kit_modseq_inbox()
+        top = folder.highestmodseq
+        uid = yield folder.append(BytesSource(message(9)))
+        self.assertGreater(folder.highestmodseq, top)
+        self.assertGreater(self._kit_modseqs(folder)[uid], top)
+        yield self._kit_deliver(store, [10])
+        yield folder.sync()
+        self.assertGreater(folder.highestmodseq, self._kit_modseqs(folder)[uid])
+        before_expunge = folder.highestmodseq
+        yield folder.store_flags([b], ["\\Deleted"], "+")
+        flagged = folder.highestmodseq
+        self.assertEqual(folder.vanished(flagged), [])
+        yield folder.expunge()
+        self.assertGreater(folder.highestmodseq, flagged)
+        # RFC 7162 3.2.5: the expunged UID, with the modseq it went at.
+        self.assertEqual(folder.vanished(before_expunge), [b])
+        self.assertEqual(folder.vanished(folder.highestmodseq), [])
+
+    @defer.inlineCallbacks
+    def test_store_unchanged_since_leaves_messages_changed_since_alone(self):
+        _, folder, [a, b, c] = yield self._kit_modseq_inbox()
+        seen = folder.highestmodseq
+        yield folder.store_flags([b], ["$Label1"], "+")
+        changed, modified = yield folder.store_flags_unchanged_since([a, b, c], ["\\Flagged"], "+", seen)
+        self.assertEqual(modified, [b])
+        self.assertEqual(set(changed), {a, c})
+        flags = self._kit_flags(folder)
+        self.assertIn("\\Flagged", flags[a])
+        self.assertNotIn("\\Flagged", flags[b])
+        # Modseq 0 fails for every message (RFC 7162 3.1.3).
+        changed, modified = yield folder.store_flags_unchanged_since([a, c], ["\\Draft"], "+", 0)
+        self.assertEqual((changed, modified), ({}, [a, c]))
+
+    @defer.inlineCallbacks
+    def test_modseqs_and_expunges_survive_reopen_and_never_go_back(self):
+        store, folder, [a, b, c] = yield self._kit_modseq_inbox()
+        yield folder.store_flags([a], ["\\Answered"], "+")
+        start = folder.highestmodseq
+        yield folder.store_flags([c], ["\\Deleted"], "+")
+        yield folder.expunge()
+        mods, top = self._kit_modseqs(folder), folder.highestmodseq
+        store = yield self._kit_reopen(store)
+        again = yield self._kit_folder(store)
+        yield again.sync()
+        self.assertEqual(self._kit_modseqs(again), mods)
+        self.assertEqual(again.highestmodseq, top)
+        self.assertEqual(again.vanished(start), [c])
+        yield again.store_flags([b], ["\\Seen"], "+")
+        self.assertGreater(self._kit_modseqs(again)[b], top)

@@ -19,7 +19,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.interfaces import FolderEvent, IBatchOpen, IMailFolder, TemporaryFailure
+from mailplat.interfaces import FolderEvent, IBatchOpen, IMailFolder, IModSeqFolder, TemporaryFailure
+from mailplat.store import modseq
 from mailplat.store.folderview import FolderViewMixin
 from mailplat.store.maildir import names
 from mailplat.store.maildir.deliver import fsync_dir, write_message
@@ -32,7 +33,7 @@ log = Logger()
 # Unwritten cache values that make a flush worth it before INDEX_DELAY.
 
 
-@implementer(IMailFolder, IBatchOpen)
+@implementer(IMailFolder, IBatchOpen, IModSeqFolder)
 class MaildirMailFolder(FolderViewMixin, FolderView):
     """
     A maildir folder as IMAP sees it. Made by L{MaildirStore} only, one per
@@ -72,6 +73,8 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
         self._sync_waiters = None
         self._pending_stamps = None
         self._index_lock = defer.DeferredLock()
+        # RFC 7162: the ceiling file lives beside dovecot-uidlist.
+        self._modseq = modseq.ModSeqs(path)
 
     def __repr__(self):
         return f"<MaildirMailFolder {self.name!r} {self.path}>"
@@ -184,7 +187,7 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
     # --- sync ------------------------------------------------------------------
 
     def _rescan(self):
-        step = threads.deferToThread(self._scan).addCallback(self._apply)
+        step = threads.deferToThread(self._scan_prepared).addCallback(self._apply)
         return step.addErrback(self._vanished)
 
     def _vanished(self, failure):
@@ -196,17 +199,21 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
 
     # --- flags --------------------------------------------------------------------
 
-    def store_flags(self, uids, flags, mode, origin=None):
+    def _store_flags(self, uids, flags, mode, origin, unchangedsince):
         if mode not in ("+", "-", "="):
             return defer.fail(ValueError(f"bad flag mode {mode!r}"))
         flags = normalise(flags)
         lowered = _lower(flags)
+        modified = []
 
         def work():
             plan = []
             for uid in sorted(set(uids)):
                 info = self._by_uid.get(uid)
                 if info is None:
+                    continue
+                if unchangedsince is not None and info.modseq > unchangedsince:
+                    modified.append(uid)  # RFC 7162 3.1.3: left as it is
                     continue
                 if mode == "+":
                     wanted = info.flags | flags
@@ -221,14 +228,28 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
         def apply(done):
             changed = []
             for info in done.values():
-                if self._by_uid.get(info.uid) is not None:
-                    if self._by_uid[info.uid].flags != info.flags:
+                current = self._by_uid.get(info.uid)
+                if current is not None:
+                    if current.flags != info.flags:
                         changed.append(info.uid)
+                        info.modseq = 0
+                    else:
+                        info.modseq = current.modseq
+            self._settle([done[uid] for uid in changed])
+            for info in done.values():
+                if self._by_uid.get(info.uid) is not None:
                     self._replace(info)
             self._publish("flags", changed, origin)
-            return {uid: info.flags for uid, info in done.items()}
+            return {uid: info.flags for uid, info in done.items()}, modified
 
         return self._locked(work, apply)
+
+    def store_flags(self, uids, flags, mode, origin=None):
+        return self._store_flags(uids, flags, mode, origin, None).addCallback(lambda result: result[0])
+
+    def store_flags_unchanged_since(self, uids, flags, mode, modseq, origin=None):
+        """L{IModSeqFolder}: STORE (UNCHANGEDSINCE modseq), the test and the change in one step."""
+        return self._store_flags(uids, flags, mode, origin, modseq)
 
     def _ensure_keywords(self, flags):
         kw = self._keywords
@@ -277,11 +298,25 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
 
         def run():
             self._pending_stamps = None
-            d = threads.deferToThread(work)
+            d = threads.deferToThread(self._prepared, work)
             d.addCallback(self._take_stamps)
             return d.addCallback(apply)
 
         return self._lock.run(run)
+
+    def _scan_prepared(self):
+        """A scan; the modseq ceiling raised first when what it found will need a modseq."""
+        result = self._scan()
+        fresh = not self._loaded and any(not i.modseq for i in result.msgs)
+        if result.dirty or result.reset or result.index_removed or self._modseq.recovering or fresh:
+            self._modseq.prepare()
+        return result
+
+    def _prepared(self, work, *args):
+        """In the thread of a locked step: `work`, then the modseq ceiling raised if the change needs it."""
+        value = work(*args)
+        self._modseq.prepare()
+        return value
 
     # --- new messages ---------------------------------------------------------------
 
@@ -305,6 +340,7 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
             self._publish("exists", run, run_origin)
             return
         else:
+            self._settle(infos)
             self._msgs = self._msgs + infos
             for info in infos:
                 self._by_uid[info.uid] = info
@@ -402,7 +438,7 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
         def outer():
             def inner():
                 self._pending_stamps = target._pending_stamps = None
-                d = threads.deferToThread(self._transfer_work, uids, target, move)
+                d = threads.deferToThread(target._prepared, self._prepared, self._transfer_work, uids, target, move)
                 return d.addCallback(self._transfer_apply, target, origin)
 
             return second._lock.run(inner)
@@ -502,6 +538,7 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
     def _relocate(self, path, name):
         self.path = path
         self.name = name
+        self._modseq.directory = path
         self._uidlist.relocate(path)
         self._keywords.relocate(path)
 

@@ -29,6 +29,8 @@ log = Logger()
 
 # Folders checked in the reactor thread per poll; more go to a thread.
 INLINE_CHECKS = 64
+# Changed folders nobody watches kept for their index to be written (_hold); more are written at once.
+HELD = 256
 
 
 def expand(template, address):
@@ -78,6 +80,7 @@ class MaildirStore:
         self._folders = weakref.WeakValueDictionary()  # folder path -> MaildirMailFolder
         self._opening = {}  # folder path -> Deferred of the first sync
         self._watched = set()  # folders with subscribers (strong refs)
+        self._held = {}  # changed folders nobody watches, until their index is written (strong refs)
         self._poller = None
         self._set_up = set()  # roots whose special-use folders exist
         self._root_locks = weakref.WeakValueDictionary()
@@ -142,6 +145,7 @@ class MaildirStore:
         @param check: run in a thread before a folder is first opened
             (layout.confine: the account boundary); it raises to refuse.
         """
+        self._flush_held()
         existing = self._folders.get(path)
         if existing is not None and existing._loaded and not existing._gone:
             # Cheap when nothing changed (three stats); a folder nobody
@@ -243,8 +247,30 @@ class MaildirStore:
             if poller.running:
                 poller.stop()
 
+    def _hold(self, folder):
+        """
+        A folder nobody watches changed (FolderViewMixin._settle): keep it
+        until its index is written, at the next poll or folder opened after
+        INDEX_DELAY (or at close), so that its mod-sequences are kept.
+        """
+        self._held.pop(folder, None)
+        self._held[folder] = None
+        while len(self._held) > HELD:
+            oldest = next(iter(self._held))
+            del self._held[oldest]
+            oldest.flush()
+
+    def _flush_held(self):
+        for folder in list(self._held):
+            if folder._gone or folder.watched or not (folder._index_dirty or folder._cache_pending):
+                del self._held[folder]  # the poller or the last session's flush writes a watched one
+            elif folder.flush_due():
+                del self._held[folder]
+                folder.flush()
+
     def _poll(self):
         """Sync the watched folders that changed on disk (outside writers)."""
+        self._flush_held()
         folders = [f for f in self._watched if not f._gone]
         if len(folders) <= INLINE_CHECKS:
             self._sync_changed(folders, [f for f in folders if f.needs_scan()])
@@ -265,4 +291,6 @@ class MaildirStore:
         """Stop watching and write every open folder's index (server stop)."""
         for folder in list(self._watched):
             self._unwatch(folder)
-        return defer.DeferredList([f.flush() for f in list(self._folders.values())])
+        folders = list(self._folders.values())
+        self._held.clear()
+        return defer.DeferredList([f.flush() for f in folders])

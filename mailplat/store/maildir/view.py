@@ -47,9 +47,9 @@ _W = re.compile(r",W=(\d+)")
 class MessageInfo:
     """One message as the folder knows it; replaced, never changed."""
 
-    __slots__ = ("uid", "key", "size", "flags", "internaldate", "subdir", "filename", "extra")
+    __slots__ = ("uid", "key", "size", "flags", "internaldate", "subdir", "filename", "extra", "modseq")
 
-    def __init__(self, uid, key, size, flags, internaldate, subdir, filename, extra=NO_FLAGS):
+    def __init__(self, uid, key, size, flags, internaldate, subdir, filename, extra=NO_FLAGS, modseq=0):
         self.uid = uid
         self.key = key
         self.size = size
@@ -58,9 +58,13 @@ class MessageInfo:
         self.subdir = subdir
         self.filename = filename
         self.extra = extra  # keywords beyond the 26 a file name can hold
+        # RFC 7162: set once when the info is installed (0: not yet; see
+        # mailplat.store.modseq.settle); kept by a replacement with the same flags.
+        self.modseq = modseq
 
     def with_file(self, subdir, filename, flags, extra):
-        return MessageInfo(self.uid, self.key, self.size, flags, self.internaldate, subdir, filename, extra)
+        kept = self.modseq if flags == self.flags else 0
+        return MessageInfo(self.uid, self.key, self.size, flags, self.internaldate, subdir, filename, extra, kept)
 
     def __repr__(self):
         return f"<MessageInfo {self.uid} {self.subdir}/{self.filename}>"
@@ -79,6 +83,7 @@ class _Result:
         self.first_recent = None
         self.value = None
         self.from_index = False
+        self.index_removed = []  # UIDs the index had and the disk has not (first scan)
 
 
 class FolderGone(KeyError):
@@ -178,6 +183,7 @@ class FolderView:
         saved = None
         if not self._loaded:
             saved = index.load_index(self.path)
+            self._modseq.load(saved)
             if saved is not None:
                 old_uidvalidity = saved.get("uidvalidity") or 0
                 if self._adopt_index(saved, result):
@@ -188,7 +194,7 @@ class FolderView:
         kw.refresh()
         found, in_new = self._list()
         if saved is not None:
-            known = _entries_from_index(saved, kw)
+            known = _entries_from_index(saved, kw, self._modseq)
             result.first_recent = saved.get("first_recent", 1)
         elif not self._loaded:
             # A folder seen for the first time (no index): what waits in new/
@@ -245,6 +251,10 @@ class FolderView:
         if fresh:
             infos.extend(self._move_new_to_cur(fresh))
         infos.sort(key=_by_uid)
+        if saved is not None and not lost:
+            # RFC 7162: what went while no process watched is expunged too.
+            present = {i.uid for i in infos}
+            result.index_removed = sorted(i.uid for i in known.values() if i.uid not in present)
         self._finish_scan(result, infos, started)
         if not self._loaded:
             result.cache, self._cache_lines = index.load_cache(self.path, ul.uidvalidity)
@@ -269,7 +279,8 @@ class FolderView:
         extra = old.extra if old is not None else NO_FLAGS
         flags = _with(self._keywords.flags_from_info(info), extra)
         if old is not None:
-            return MessageInfo(uid, key, old.size, flags, old.internaldate, subdir, filename, extra)
+            kept = old.modseq if flags == old.flags else 0
+            return MessageInfo(uid, key, old.size, flags, old.internaldate, subdir, filename, extra, kept)
         vsize = _vsize(key)
         for attempt in range(3):
             path = f"{self.path}/{subdir}/{filename}"
@@ -355,7 +366,7 @@ class FolderView:
             self._keywords.refresh()
             if saved.get("keywords") != list(self._keywords.stamp or ()):
                 return False
-            entries = _entries_from_index(saved, self._keywords)
+            entries = _entries_from_index(saved, self._keywords, self._modseq)
             self._uidlist.adopt(
                 stamps[2], saved["uidvalidity"], saved["nextuid"], {k: i.uid for k, i in entries.items()}, saved["records"]
             )
@@ -396,10 +407,13 @@ class FolderView:
         else:
             for uid in result.removed:
                 self._cache.pop(uid, None)
+        gone = result.index_removed if first else result.removed
+        numbered = self._settle(self._msgs, gone, result.reset) is not None
         self._loaded = True
         if result.from_index:
             self._index_stamps = self._stamp_state()
-        elif result.dirty or self._stamp_state() != self._index_stamps:
+            self._index_dirty = self._index_dirty or numbered
+        elif result.dirty or numbered or self._stamp_state() != self._index_stamps:
             # Changed, or the index on disk would make a later process
             # rescan (or trust what it must not).
             self._index_dirty = True
@@ -435,6 +449,10 @@ class FolderView:
             "first_recent": self._first_recent,
             # Rows are made in the thread; the infos never change.
             "messages": list(self._msgs),
+            # RFC 7162 (mailplat.store.modseq): beside the rows, so that an
+            # index without them (an older mailplat's) still loads.
+            "modseqs": [i.modseq for i in self._msgs],
+            **self._modseq.snapshot(),
         }
 
     def _write_index_soon(self):
@@ -546,6 +564,7 @@ class FolderView:
         gone = set(uids)
         if not gone:
             return
+        self._settle((), [u for u in gone if u in self._by_uid])
         self._msgs = [i for i in self._msgs if i.uid not in gone]
         for uid in gone:
             info = self._by_uid.pop(uid, None)
@@ -570,12 +589,13 @@ def _by_uid(info):
     return info.uid
 
 
-def _entries_from_index(saved, keywords):
-    """{key: MessageInfo} from an index's message list."""
+def _entries_from_index(saved, keywords, modseqs):
+    """{key: MessageInfo} from an index's message list (modseqs: the folder's L{modseq.ModSeqs}, loaded)."""
     out = {}
     none = NO_FLAGS
     flags_of = keywords.flags_from_info
-    for row in saved.get("messages", ()):
+    rows = saved.get("messages", ())
+    for row, value in zip(rows, modseqs.index_modseqs(saved, len(rows))):
         uid, subdir, filename, size, internaldate = row[:5]
         key, _, info = filename.partition(":")
         flags = flags_of(info[2:] if info.startswith("2,") else "")
@@ -584,7 +604,7 @@ def _entries_from_index(saved, keywords):
             flags = flags | extra
         else:
             extra = none
-        out[key] = MessageInfo(uid, key, size, flags, internaldate, subdir, filename, extra)
+        out[key] = MessageInfo(uid, key, size, flags, internaldate, subdir, filename, extra, value)
     return out
 
 

@@ -35,9 +35,11 @@ from mailplat.interfaces import (
     IBatchOpen,
     IMailFolder,
     IMessageInfo,
+    IModSeqFolder,
     IStoredMessage,
     TemporaryFailure,
 )
+from mailplat.store import modseq
 from mailplat.store.folderview import FolderViewMixin, uid_of
 from mailplat.store.mbox import fileio, index, locking, mboxrd
 
@@ -83,9 +85,11 @@ class FolderGone(KeyError):
 class MessageInfo:
     """One message as the folder knows it; replaced, never changed."""
 
-    __slots__ = ("uid", "key", "size", "flags", "internaldate", "offset", "end", "file_flags", "old", "fingerprint")
+    __slots__ = (
+        "uid", "key", "size", "flags", "internaldate", "offset", "end", "file_flags", "old", "fingerprint", "modseq"
+    )
 
-    def __init__(self, uid, key, size, flags, internaldate, offset, end, file_flags, old, fingerprint):
+    def __init__(self, uid, key, size, flags, internaldate, offset, end, file_flags, old, fingerprint, modseq=0):
         self.uid = uid
         self.key = key
         self.size = size
@@ -96,9 +100,13 @@ class MessageInfo:
         self.file_flags = file_flags  # as the Status / X-Status / X-Keywords headers say
         self.old = old
         self.fingerprint = fingerprint
+        # RFC 7162: set when installed (0: not yet; mailplat.store.modseq.settle).
+        self.modseq = modseq
 
     def replace(self, **changes):
         values = {name: getattr(self, name) for name in self.__slots__}
+        if "flags" in changes and changes["flags"] != self.flags:
+            values["modseq"] = 0  # a change: the next modseq
         values.update(changes)
         return MessageInfo(**values)
 
@@ -110,11 +118,11 @@ class MessageInfo:
         ]
 
     @classmethod
-    def from_row(cls, row, uidvalidity):
+    def from_row(cls, row, uidvalidity, modseq=0):
         uid, offset, end, size, date, flags, file_flags, old, fp = row
         flags = frozenset(flags)
         return cls(uid, key_for(uid, uidvalidity), size, flags, date, offset, end,
-                   flags if file_flags is None else frozenset(file_flags), bool(old), fp)
+                   flags if file_flags is None else frozenset(file_flags), bool(old), fp, modseq)
 
     def __repr__(self):
         return f"<MessageInfo {self.uid} @{self.offset}-{self.end}>"
@@ -144,7 +152,7 @@ class _Work:
         self.value = None
 
 
-@implementer(IMailFolder, IBatchOpen)
+@implementer(IMailFolder, IBatchOpen, IModSeqFolder)
 class MboxFolder(FolderViewMixin):
     """An mbox file as IMAP sees it. Made by L{MboxStore} only, one per file per process."""
 
@@ -179,6 +187,8 @@ class MboxFolder(FolderViewMixin):
         self._appends = []
         self._reads = []
         self._flush_queued = False
+        # RFC 7162: the ceiling file lives in the index directory.
+        self._modseq = modseq.ModSeqs(index_dir, create=True)
 
     def __repr__(self):
         return f"<MboxFolder {self.name!r} {self.path}>"
@@ -239,7 +249,7 @@ class MboxFolder(FolderViewMixin):
             if found is not None:
                 return answer(found)
             # The file changed since we looked: catch up, then read again.
-            d = threads.deferToThread(self._sync_work, _Work(self)).addCallback(self._apply)
+            d = threads.deferToThread(self._prepared, self._sync_work, _Work(self)).addCallback(self._apply)
             return d.addCallback(lambda _: read()).addCallback(lambda f: answer(f or [None] * len(batch)))
 
         def failed(f):
@@ -315,12 +325,23 @@ class MboxFolder(FolderViewMixin):
 
         def run():
             w = _Work(self)
-            return threads.deferToThread(work, w).addCallback(apply)
+            return threads.deferToThread(self._prepared, work, w).addCallback(apply)
 
         return self._lock.run(run)
 
+    def _prepared(self, work, w, *args):
+        """
+        In the thread of a locked step: `work(w, ...)`, then the modseq
+        ceiling raised when what it did will need a modseq (RFC 7162).
+        """
+        w = work(w, *args)
+        ms = self._modseq
+        if w.removed or w.own_removed or w.reset or ms.recovering or any(not m.modseq for m in w.msgs):
+            ms.prepare()
+        return w
+
     def _rescan(self):
-        step = threads.deferToThread(self._sync_work, _Work(self)).addCallback(self._apply)
+        step = threads.deferToThread(self._prepared, self._sync_work, _Work(self)).addCallback(self._apply)
         return step.addCallbacks(lambda _: self._msgs, self._vanished)
 
     def _vanished(self, failure):
@@ -381,12 +402,15 @@ class MboxFolder(FolderViewMixin):
             if self.name != "INBOX":
                 raise FolderGone(self.name)
         saved = index.load(self.index_dir)
+        self._modseq.load(saved)
         if saved is None:
             w.first_recent = "scan"
             return
         try:
             uidvalidity = saved["uidvalidity"]
-            msgs = [MessageInfo.from_row(r, uidvalidity) for r in saved["messages"]]
+            rows = saved["messages"]
+            values = self._modseq.index_modseqs(saved, len(rows))
+            msgs = [MessageInfo.from_row(r, uidvalidity, m) for r, m in zip(rows, values)]
             w.uidvalidity, w.uidnext = uidvalidity, saved["uidnext"]
             w.first_recent = saved.get("first_recent", 1)
             w.stamp = saved["stamp"]
@@ -394,6 +418,7 @@ class MboxFolder(FolderViewMixin):
             w.tail = bytes.fromhex(saved["tail"])
         except (KeyError, TypeError, ValueError):
             w.first_recent = "scan"
+            self._modseq.load(None)
             return
         w.msgs = sorted(msgs, key=uid_of)
         w.added = [m.uid for m in w.msgs]
@@ -531,6 +556,8 @@ class MboxFolder(FolderViewMixin):
             elif w.first_recent is not None:
                 self._first_recent = w.first_recent
         self._loaded = True
+        if self._settle(self._msgs, w.removed + w.own_removed, w.reset) is not None:
+            self._index_dirty = True
         if w.reset:
             self._cache = {}
             self._publish("expunge", sorted(old_uids))
@@ -561,6 +588,10 @@ class MboxFolder(FolderViewMixin):
             "head": self._head.hex(),
             "tail": self._tail.hex(),
             "messages": [m.row() for m in self._msgs],
+            # RFC 7162 (mailplat.store.modseq): beside the rows, so that an
+            # index without them (an older mailplat's) still loads.
+            "modseqs": [m.modseq for m in self._msgs],
+            **self._modseq.snapshot(),
         }
 
     def _index_soon(self, now=False):
@@ -622,7 +653,7 @@ class MboxFolder(FolderViewMixin):
 
     # --- flags ----------------------------------------------------------------------------
 
-    def store_flags(self, uids, flags, mode, origin=None):
+    def _store_flags(self, uids, flags, mode, origin, unchangedsince):
         if mode not in ("+", "-", "="):
             return defer.fail(ValueError(f"bad flag mode {mode!r}"))
         flags = normalise(flags)
@@ -631,10 +662,21 @@ class MboxFolder(FolderViewMixin):
         def run():
             if self._gone:
                 raise FolderGone(self.name)
-            out, changed = {}, []
+            if not self._modseq.ready():
+                # RFC 7162: the ceiling goes to disk before the change's modseq is given.
+                return threads.deferToThread(self._modseq.prepare).addCallback(lambda _: change())
+            return change()
+
+        def change():
+            if self._gone:
+                raise FolderGone(self.name)
+            out, changed, modified = {}, [], []
             for uid in sorted(set(uids)):
                 info = self._by_uid.get(uid)
                 if info is None:
+                    continue
+                if unchangedsince is not None and info.modseq > unchangedsince:
+                    modified.append(uid)  # RFC 7162 3.1.3: left as it is
                     continue
                 if mode == "+":
                     wanted = info.flags | flags
@@ -643,16 +685,25 @@ class MboxFolder(FolderViewMixin):
                 else:
                     wanted = flags
                 if wanted != info.flags:
-                    self._replace(info.replace(flags=wanted))
-                    changed.append(uid)
+                    changed.append(info.replace(flags=wanted))
                 out[uid] = wanted
+            self._settle(changed)
+            for info in changed:
+                self._replace(info)
             if changed:
                 self._index_soon()
                 self._writeback_soon()
-                self._publish("flags", changed, origin)
-            return out
+                self._publish("flags", [i.uid for i in changed], origin)
+            return out, modified
 
         return self._lock.run(run)
+
+    def store_flags(self, uids, flags, mode, origin=None):
+        return self._store_flags(uids, flags, mode, origin, None).addCallback(lambda result: result[0])
+
+    def store_flags_unchanged_since(self, uids, flags, mode, modseq, origin=None):
+        """L{IModSeqFolder}: STORE (UNCHANGEDSINCE modseq), the test and the change in one step."""
+        return self._store_flags(uids, flags, mode, origin, modseq)
 
     def _replace(self, info):
         self._by_uid[info.uid] = info
@@ -735,7 +786,7 @@ class MboxFolder(FolderViewMixin):
             for _, _, d in batch:
                 d.errback(f)
 
-        return threads.deferToThread(self._append_work, w, items).addCallbacks(fire, failed)
+        return threads.deferToThread(self._prepared, self._append_work, w, items).addCallbacks(fire, failed)
 
     def _append_work(self, w, items):
         try:
@@ -923,6 +974,7 @@ class MboxFolder(FolderViewMixin):
 
     def _relocate(self, path, name, index_dir):
         self.path, self.name, self.index_dir = path, name, index_dir
+        self._modseq.directory = index_dir
 
     def _forget(self):
         """The folder was deleted: every message is gone for its sessions."""

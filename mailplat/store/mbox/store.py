@@ -30,6 +30,7 @@ from mailplat.store.mbox.maildrop import MboxPOP3Folder
 log = Logger()
 
 KEEP_OPEN = 64  # folders kept loaded after their last user
+HELD = 256  # changed folders nobody watches kept for their index to be written (_hold); more are written at once
 
 
 @implementer(IFolderStore)
@@ -48,6 +49,7 @@ class MboxStore:
         self._opening = {}
         self._watched = set()
         self._poller = None
+        self._held = {}  # changed folders nobody watches, until their index is written (strong refs)
         self._set_up = set()
         self._root_locks = weakref.WeakValueDictionary()
         self._uidvalidity_lock = threading.Lock()
@@ -136,6 +138,7 @@ class MboxStore:
         @param check: run in a thread before a folder is first opened
             (account.confine: the account boundary); it raises to refuse.
         """
+        self._flush_held()
         existing = self._folders.get(path)
         if existing is not None and existing._loaded and not existing._gone:
             self._keep(existing)
@@ -232,8 +235,30 @@ class MboxStore:
             if poller.running:
                 poller.stop()
 
+    def _hold(self, folder):
+        """
+        A folder nobody watches changed (FolderViewMixin._settle): keep it
+        until its index is written, at the next poll or folder opened after
+        INDEX_DELAY (or at close), so that its mod-sequences are kept.
+        """
+        self._held.pop(folder, None)
+        self._held[folder] = None
+        while len(self._held) > HELD:
+            oldest = next(iter(self._held))
+            del self._held[oldest]
+            oldest.flush()
+
+    def _flush_held(self):
+        for folder in list(self._held):
+            if folder._gone or folder._subscribers or not (folder._index_dirty or folder._cache_pending):
+                del self._held[folder]  # the poller or the last session's flush writes a watched one
+            elif folder.flush_due():
+                del self._held[folder]
+                folder.flush()
+
     def _poll(self):
         """Sync the watched folders whose file changed (mail from other programs)."""
+        self._flush_held()
         for folder in [f for f in self._watched if not f._gone]:
             if folder.needs_scan():
                 folder.sync().addErrback(lambda f, path=folder.path: log.failure("syncing {path}", f, path=path))
@@ -247,4 +272,5 @@ class MboxStore:
         for folder in list(self._watched):
             self._unwatch(folder)
         folders = list(self._folders.values())
+        self._held.clear()
         return defer.DeferredList([f.write_back().addBoth(lambda _, f=f: f.flush()) for f in folders])

@@ -14,7 +14,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.interfaces import IRealmAdmin, IRealmBackend, NoSuchUser, PermanentFailure, TemporaryFailure
+from mailplat import oplog
+from mailplat.interfaces import IQuotaSource, IRealmAdmin, IRealmBackend, NoSuchUser, PermanentFailure, TemporaryFailure
 from mailplat.realm import passwords
 
 log = Logger()
@@ -25,10 +26,13 @@ def normalize(address):
     return address.strip().lower()
 
 
-def parse(text, path):
+def parse(text, path, quotas=None):
     """
+    @param quotas: a dict to fill with {address: [quota rules]} from the
+        `userdb_quota_rule` extra fields, or None.
     @return: (users, problems): users maps address to stored hash; problems
-        lists "path:line: reason" strings for the lines that were skipped.
+        lists "path:line: reason" strings for the lines that were skipped
+        (and the quota rules that are ignored).
     """
     users, problems = {}, []
     for number, line in enumerate(text.splitlines(), 1):
@@ -56,7 +60,40 @@ def parse(text, path):
             problems.append(f"{path}:{number}: {address} appears again; the first line wins")
             continue
         users[address] = stored
+        rules, bad = _quota_rules(rest[len(stored) :])
+        problems += [f"{path}:{number}: {address}: {reason}; ignored" for reason in bad]
+        if rules and quotas is not None:
+            quotas[address] = rules
     return users, problems
+
+
+def _quota_rules(tail):
+    """
+    Dovecot's quota rules from the fields after the password: the extra
+    fields are the 8th field on (`user:pass:uid:gid:gecos:home:shell:extra`,
+    colons in them allowed), space-separated `key=value`;
+    `userdb_quota_rule`, `userdb_quota_rule2`, ... (or without the
+    `userdb_` prefix). @return: (rules in order, problems).
+    """
+    from mailplat.quota.rules import check_rules
+
+    fields = tail.split(":")[1:]
+    found, problems = {}, []
+    if any("quota_rule" in f for f in fields[:5]):
+        problems.append("quota_rule must be in the extra fields (the 8th field: user:pass:uid:gid:gecos:home:shell:extra)")
+    for item in ":".join(fields[5:]).split():
+        key, sep, value = item.partition("=")
+        name = key.lower().removeprefix("userdb_")
+        if not sep or not name.startswith("quota_rule"):
+            continue
+        suffix = name[len("quota_rule") :]
+        if suffix and not suffix.isdigit():
+            continue
+        found[int(suffix or 1)] = value
+    rules = [found[n] for n in sorted(found)]
+    bad = dict(check_rules(rules))
+    problems += [reason for reason in bad.values()]
+    return [r for r in rules if r not in bad], problems
 
 
 def _hash_field(rest):
@@ -73,7 +110,21 @@ def _hash_field(rest):
     return rest.split(":", 1)[0]
 
 
-@implementer(IRealmBackend, IRealmAdmin)
+def _keep_owner(tmp, path, directory):
+    """
+    Run as root (`mailplat user add`), give the new file the old one's owner,
+    or the directory's: a server running as `[server] user` can still read it.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = os.stat(directory)
+    os.chown(tmp, st.st_uid, st.st_gid)
+
+
+@implementer(IRealmBackend, IRealmAdmin, IQuotaSource)
 class PasswdFileRealm:
     """Users from a passwd-file, reloaded when the file changes."""
 
@@ -81,6 +132,7 @@ class PasswdFileRealm:
         self.path = path
         self._verify_in_thread = verify_in_thread
         self._users = {}
+        self._quotas = {}  # address -> Dovecot quota rules (userdb_quota_rule)
         self._stamp = None
 
     # reading
@@ -91,24 +143,33 @@ class PasswdFileRealm:
         except FileNotFoundError:
             if self._stamp is not None:
                 log.warn("passwd-file {path} is gone; no users", path=self.path)
-            self._users, self._stamp = {}, None
+            self._users, self._stamp, self._quotas = {}, None, {}
             return self._users
         except OSError as e:
-            raise TemporaryFailure(f"cannot read passwd-file: {e.strerror}")
+            raise self._unreadable(e)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._stamp:
             try:
                 with open(self.path, encoding="utf-8", errors="replace") as f:
                     text = f.read()
             except OSError as e:
-                raise TemporaryFailure(f"cannot read passwd-file: {e.strerror}")
-            users, problems = parse(text, self.path)
+                raise self._unreadable(e)
+            quotas = {}
+            users, problems = parse(text, self.path, quotas)
             for problem in problems:
                 log.error("passwd-file line skipped: {problem}", problem=problem)
             if self._stamp is not None:
                 log.info("passwd-file {path} reloaded: {n} users", path=self.path, n=len(users))
-            self._users, self._stamp = users, stamp
+            self._users, self._stamp, self._quotas = users, stamp, quotas
         return self._users
+
+    def _unreadable(self, e):
+        """
+        The 4xx for a file we cannot read, logged each time with the file
+        and the reason (the client is told the reason only, not the path).
+        """
+        oplog.emit("file-error", level="error", file=self.path, reason=e.strerror or str(e), kind="passwd-file")
+        return TemporaryFailure(f"cannot read passwd-file: {e.strerror}")
 
     def problems(self):
         """Lines that would be skipped, for `check-config`."""
@@ -150,6 +211,14 @@ class PasswdFileRealm:
 
         return d.addCallback(decide)
 
+    def quota_rules(self, address):
+        """L{IQuotaSource}: the user's `userdb_quota_rule` fields, in order."""
+        try:
+            self._current()
+        except TemporaryFailure:
+            return defer.fail()
+        return defer.succeed(list(self._quotas.get(normalize(address), ())))
+
     def list_users(self):
         try:
             return defer.succeed(sorted(self._current()))
@@ -175,6 +244,7 @@ class PasswdFileRealm:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
+            _keep_owner(tmp, self.path, directory)
             os.replace(tmp, self.path)
         except BaseException:
             if os.path.exists(tmp):

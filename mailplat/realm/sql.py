@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from mailplat.interfaces import (
     IAliasSource,
+    IQuotaSource,
     IRealmAdmin,
     IRealmBackend,
     NoSuchUser,
@@ -32,9 +33,13 @@ SCHEMA = """\
 -- mailplat sql realm ({dialect})
 -- One row per user: the address in lower case, the password as
 -- {{SCHEME}}hash (ARGON2ID, BLF-CRYPT or PLAIN, as Dovecot writes them).
+-- quota_storage (octets) and quota_messages override the [quota] defaults
+-- for one user: NULL = the default, 0 = no limit.
 CREATE TABLE IF NOT EXISTS mailplat_users (
-    address  {text} PRIMARY KEY,
-    password {text} NOT NULL
+    address        {text} PRIMARY KEY,
+    password       {text} NOT NULL,
+    quota_storage  BIGINT,
+    quota_messages BIGINT
 );
 -- One row per (alias, target); targets are users, other aliases, or
 -- remote addresses, all lower case.
@@ -46,6 +51,11 @@ CREATE TABLE IF NOT EXISTS mailplat_aliases (
 """
 
 DIALECTS = {"sqlite": "TEXT", "postgresql": "VARCHAR(320)"}
+
+# Columns added since the first schema: (name, type). A table made before
+# them gets them (ALTER TABLE ... ADD COLUMN) when the realm creates tables;
+# otherwise the realm works without them (no per-user quotas) and says so.
+ADDED_COLUMNS = (("quota_storage", "BIGINT"), ("quota_messages", "BIGINT"))
 
 
 def schema(dialect="sqlite"):
@@ -124,6 +134,7 @@ class Database:
             try:
                 for statement in _statements(self.dialect):
                     cursor.execute(statement)
+                self._add_columns(cursor)
                 connection.commit()
             except self.module.IntegrityError:
                 # Another process created them at the same moment
@@ -132,6 +143,19 @@ class Database:
             finally:
                 cursor.close()
             self._created = True
+
+    def _add_columns(self, cursor):
+        """The schema migration: columns a table made by an older mailplat lacks."""
+        if self.dialect == "sqlite":
+            cursor.execute("PRAGMA table_info(mailplat_users)")
+            have = {row[1] for row in cursor.fetchall()}
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    cursor.execute(f"ALTER TABLE mailplat_users ADD COLUMN {name} {kind}")
+                    log.info("sql realm: column mailplat_users.{name} added", name=name)
+        else:
+            for name, kind in ADDED_COLUMNS:
+                cursor.execute(f"ALTER TABLE mailplat_users ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     def sql(self, text):
         """Queries are written with `?`; psycopg wants `%s`."""
@@ -169,13 +193,14 @@ def _redact(dsn):
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
 
 
-@implementer(IRealmBackend, IRealmAdmin, IAliasSource)
+@implementer(IRealmBackend, IRealmAdmin, IAliasSource, IQuotaSource)
 class SQLRealm:
     """Users and aliases in SQL tables (see L{schema})."""
 
     def __init__(self, database, verify_in_thread=True):
         self.db = database
         self._verify_in_thread = verify_in_thread
+        self._quota_columns = True  # until a query says the table has none
 
     @classmethod
     def from_config(cls, section, state_dir):
@@ -243,6 +268,58 @@ class SQLRealm:
             return checked.addCallback(decide)
 
         return d.addCallback(verify)
+
+    def quota_rules(self, address):
+        """
+        L{IQuotaSource}: the quota_storage / quota_messages columns as
+        Dovecot rules (NULL: the default). A table without the columns
+        (made before them, or a view) means no per-user quotas.
+        """
+        if not self._quota_columns:
+            return defer.succeed([])
+        d = self.db.pool.runQuery(
+            self.db.sql("SELECT quota_storage, quota_messages FROM mailplat_users WHERE address = ?"),
+            (normalize(address),),
+        )
+
+        def rules(rows):
+            if not rows:
+                return []
+            storage, messages = rows[0]
+            out = []
+            if storage is not None:
+                out.append(f"*:bytes={int(storage)}")
+            if messages is not None:
+                out.append(f"*:messages={int(messages)}")
+            return out
+
+        def no_columns(failure):
+            text = failure.getErrorMessage().lower()
+            if failure.check(self.db.module.Error) and "quota_" in text and ("column" in text or "no such" in text):
+                self._quota_columns = False
+                log.warn(
+                    "sql realm: mailplat_users has no quota_storage / quota_messages columns: no per-user "
+                    "quotas; add them with ALTER TABLE mailplat_users ADD COLUMN quota_storage BIGINT "
+                    "(and quota_messages), or set create_tables = true"
+                )
+                return []
+            return self.db._unavailable(failure, "quota lookup")
+
+        return d.addCallbacks(rules, no_columns)
+
+    def set_quota(self, address, storage=None, messages=None):
+        """Set (or, with None, clear) a user's quota columns (tests and tools)."""
+        address = normalize(address)
+
+        def change(cursor):
+            if not self._exists(cursor, address):
+                raise NoSuchUser(address)
+            cursor.execute(
+                self.db.sql("UPDATE mailplat_users SET quota_storage = ?, quota_messages = ? WHERE address = ?"),
+                (storage, messages, address),
+            )
+
+        return self.db.interaction("set quota", change)
 
     def list_users(self):
         d = self.db.query("list", "SELECT address FROM mailplat_users ORDER BY address")

@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
+from mailplat.calls import call_backend, calling
 from mailplat.interfaces import IFolderStore, IMailUser
 
 
@@ -39,11 +40,14 @@ class RealmPasswordChecker:
             username, password = _text(creds.username), _text(creds.password)
         except UnicodeDecodeError:
             return defer.fail(error.UnauthorizedLogin("credentials are not UTF-8"))
-        d = self.backend.check_password(username, password)
+        # A plain value, a Deferred or a coroutine (async def): all the same here.
+        d = calling(error.UnauthorizedLogin)(self.backend.check_password, username, password)
 
         def decide(address):
             if address is None:
                 raise error.UnauthorizedLogin("wrong user name or password")
+            if not isinstance(address, str):
+                raise TypeError(f"check_password answered {address!r}, not an address or None")
             return address
 
         return d.addCallback(decide)
@@ -69,7 +73,7 @@ class MailRealm:
             if interface is imap4.IAccount and IFolderStore.providedBy(self.store):
                 from mailplat.imap.account import IMAPAccount
 
-                d = defer.maybeDeferred(self.store.account, avatarId)
+                d = call_backend(self.store.account, avatarId)
                 return d.addCallback(lambda account: (imap4.IAccount, IMAPAccount(account), lambda: None))
         raise NotImplementedError(f"no avatar for {interfaces}")
 

@@ -21,7 +21,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
 from mailplat.checks import Check, Verdict
-from mailplat.plugin import BackendPlugin
+from mailplat.plugin import BackendPlugin, Key
 
 HEADER_LIMIT = 64 * 1024
 
@@ -116,8 +116,14 @@ def _header(section, context):
 
 
 size = BackendPlugin("check", "size", "Refuse messages over max_size bytes (at MAIL SIZE= and end of data)", _size,
-                    keys=("max_size",))
+                    keys={"max_size": Key(int, required=True, doc="the largest message taken, in bytes")})
 header = BackendPlugin(
     "check", "header", "Act on a header matching a pattern: file into a folder (Junk), reject or tempfail", _header,
-    keys=("header", "match", "action", "folder", "text"),
+    keys={
+        "header": Key(str, required=True, doc="the header field to look at, e.g. 'X-Spam-Flag'"),
+        "match": Key(str, doc="a regular expression (case-insensitive); empty matches any value"),
+        "action": Key(str, default="folder", doc="folder, reject or tempfail"),
+        "folder": Key(str, default="Junk", doc="the folder for action = \"folder\""),
+        "text": Key(str, doc="the reply text for reject and tempfail"),
+    },
 )

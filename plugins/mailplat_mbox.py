@@ -1,6 +1,6 @@
 """The mbox store and its local delivery agent (docs/mbox.md)."""
 
-from mailplat.plugin import BackendPlugin
+from mailplat.plugin import BackendPlugin, Key
 
 KEYS = {"backend", "path", "inbox", "lock_timeout"}
 
@@ -34,7 +34,11 @@ def _mbox_delivery(section, context):
 
 mbox_store = BackendPlugin(
     "store", "mbox", "mbox files (mboxrd) as mutt, Dovecot and Python's mailbox read them", _mbox_store,
-    keys=tuple(sorted(KEYS)),
+    keys={
+        "path": Key(str, doc="each user's folder of mbox files, %d the domain and %n the local part"),
+        "inbox": Key(str, doc="the INBOX file when not in that folder, e.g. '/var/mail/%n'"),
+        "lock_timeout": Key(float, doc="seconds to wait for a locked mbox (default 30)"),
+    },
 )
 mbox_delivery = BackendPlugin(
     "delivery", "mbox", "Deliver local mail into the users' mbox INBOX, locked and fsync'd before 250", _mbox_delivery,

@@ -1,6 +1,6 @@
 """The `sql` realm: users, password hashes and aliases in SQLite or PostgreSQL (docs/realm-sql.md)."""
 
-from mailplat.plugin import BackendPlugin
+from mailplat.plugin import BackendPlugin, Key
 
 
 def _sql_realm(section, context):
@@ -12,5 +12,10 @@ def _sql_realm(section, context):
 
 sql = BackendPlugin(
     "realm", "sql", "Users, password hashes and aliases in SQL tables (SQLite, or PostgreSQL with dsn)", _sql_realm,
-    keys=("database", "dsn", "create_tables", "pool_size"),
+    keys={
+        "database": Key(str, doc="the SQLite file (default: users.sqlite in the state directory)"),
+        "dsn": Key(str, doc="a PostgreSQL connection string instead, postgresql://user@host/db"),
+        "create_tables": Key(bool, doc="create the tables when missing"),
+        "pool_size": Key(int, doc="database connections (default 4)"),
+    },
 )

@@ -54,6 +54,18 @@ class MaildirDeliveryConforms(DeliveryConformance, unittest.TestCase):
                 found.append(f.read())
         return found
 
+    def delivered_in(self, address, folder):
+        found = []
+        for sub in ("new", "cur"):
+            for path in sorted(glob.glob(os.path.join(self.maildir(address), "." + folder, sub, "*"))):
+                with open(path, "rb") as f:
+                    found.append(f.read())
+        return found
+
+    def make_folder(self, agent, address, folder):
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(self.maildir(address), "." + folder, sub), exist_ok=True)
+
     def break_mailbox(self, agent, address):
         # A file where the maildir should be: every write fails (even as root).
         os.makedirs(os.path.dirname(self.maildir(address)), exist_ok=True)
@@ -68,6 +80,11 @@ class MaildirDeliveryConforms(DeliveryConformance, unittest.TestCase):
 class LMTPDeliveryConforms(DeliveryConformance, unittest.TestCase):
     # An LMTP server cannot give back a copy it saved (RFC 2033 4.2).
     all_or_nothing = False
+    # The LMTP server keeps the mail (its 250 is the fsync), files it into
+    # folders and answers for postmaster@: the agent hands recipients on.
+    durability = "handed-on"
+    honours_folders = False
+    accepts_postmaster = False
 
     @defer.inlineCallbacks
     def setUp(self):

@@ -177,9 +177,9 @@ class BrokenPlugins(PluginsFolder):
         self.assertNotIn("half-done", plugin.available("realm"))
         self.assertIn("passwd-file", plugin.available("realm"))
 
-    def test_plugins_command_shows_the_broken_ones(self):
+    def test_plugins_command_shows_the_broken_ones_and_exits_non_zero(self):
         status, out, err = mailplat(["plugins"], self.dir, self.dir)
-        self.assertEqual(status, 0, err)
+        self.assertEqual(status, 1, err)
         broken = [line for line in out.splitlines() if line.startswith("BROKEN")]
         self.assertEqual(len(broken), 2, out)
         self.assertTrue(any("plugins.broken_import" in line and "no_such_module_anywhere" in line for line in broken))

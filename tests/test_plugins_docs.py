@@ -73,3 +73,32 @@ class WalkThrough(unittest.TestCase):
         session.sender = "someone@remote.test"
         verdict = self.successResultOf(checks.run_stage(enabled, "rcpt", session, "announce@example.test"))
         self.assertEqual(verdict.action, Verdict.ACCEPT)
+
+
+class Contract(unittest.TestCase):
+    """What the page promises about the second edition of the kit (issue 13)."""
+
+    def text(self):
+        with open(DOC, encoding="utf-8") as f:
+            return f.read()
+
+    def test_the_example_realm_is_written_async_def(self):
+        code = code_after("`plugins/mailplat_jsonrealm.py`:")
+        for method in ("lookup", "check_password", "list_users"):
+            self.assertIn(f"async def {method}(", code)
+
+    def test_the_entry_point_group_shown_is_the_one_scanned(self):
+        from mailplat import plugin
+
+        self.assertIn(f'[project.entry-points."{plugin.ENTRY_POINT_GROUP}"]', self.text())
+
+    def test_the_table_each_kind_receives_is_documented(self):
+        from mailplat import plugin
+
+        text = self.text()
+        for kind in plugin.KINDS:
+            self.assertIn(f"\n| {kind} | ", text)
+        self.assertIn("the **whole** `[delivery]` table", text)
+
+    def test_public_failure_texts_are_documented(self):
+        self.assertIn("public=True", self.text())

@@ -10,6 +10,7 @@ or a remote address (left to relay).
 
 from twisted.internet import defer
 
+from mailplat.calls import call_backend
 from mailplat.interfaces import NoSuchUser, PermanentFailure
 from mailplat.store import boundary
 
@@ -90,19 +91,19 @@ class AddressResolver:
         if address in path or len(path) > MAX_DEPTH:
             loops.append(path + (address,))
             # A self-reference (`a: a, b`) still means "and the user a".
-            user = yield self.realm.lookup(address)
+            user = yield call_backend(self.realm.lookup, address)
             if user is not None:
                 found.append(Target(user))
             return
         base, tag = self.split_tag(address)
-        targets = yield defer.maybeDeferred(self.aliases.targets, address)
+        targets = yield call_backend(self.aliases.targets, address)
         if targets is None and tag:
-            targets = yield defer.maybeDeferred(self.aliases.targets, base)
+            targets = yield call_backend(self.aliases.targets, base)
         if targets:
             for target in targets:
                 yield self._expand(target, path + (address,), found, loops)
             return
-        user = yield self.realm.lookup(base)
+        user = yield call_backend(self.realm.lookup, base)
         if user is not None:
             found.append(Target(user, folder=tag))
             return
@@ -121,7 +122,7 @@ class AddressResolver:
         Fails with L{NoSuchUser}.
         """
         base, tag = self.split_tag(address.lower())
-        user = yield self.realm.lookup(base)
+        user = yield call_backend(self.realm.lookup, base)
         if user is not None:
             return user, tag
         if base.partition("@")[0] == "postmaster" and self.is_local(base):

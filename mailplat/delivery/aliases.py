@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailplat.calls import call_backend
 from mailplat.interfaces import IAliasSource
 
 log = Logger()
@@ -88,8 +89,8 @@ class AliasSources:
     """
     Several alias sources asked in order; the first that knows an address
     answers (the aliases file first, then the sql realm's table). Targets
-    may come back as Deferreds, so the resolver must call
-    `defer.maybeDeferred(aliases.targets, address)`.
+    may come back as Deferreds or coroutines, so the resolver calls
+    `mailplat.calls.call_backend(aliases.targets, address)`.
     """
 
     def __init__(self, sources):
@@ -98,7 +99,7 @@ class AliasSources:
     @defer.inlineCallbacks
     def targets(self, address):
         for source in self.sources:
-            found = yield defer.maybeDeferred(source.targets, address)
+            found = yield call_backend(source.targets, address)
             if found:
                 return found
         return None

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat import oplog
+from mailplat.calls import call_backend
 from mailplat.interfaces import DeliveryOutcome, IDeliveryAgent, IDeliveryTransaction, PermanentFailure, TemporaryFailure
 
 log = Logger()
@@ -42,7 +43,7 @@ class FanOutDelivery:
         self.clock = clock
 
     def start(self, envelope):
-        d = defer.maybeDeferred(self.local.start, envelope)
+        d = call_backend(self.local.start, envelope)
         return d.addCallback(lambda local: FanOutTransaction(self, envelope, local))
 
 
@@ -52,6 +53,9 @@ class FanOutTransaction:
         self.agent = agent
         self.envelope = envelope
         self.local = local
+        if hasattr(local, "set_aside_allowed"):
+            # Recipients over quota at end of data can wait in the queue (mailplat.delivery.local).
+            local.set_aside_allowed = agent.relay is not None
         self.local_count = 0
         self.local_addresses = []  # as handed to the local agent, for agents without outcomes
         self.remote = []
@@ -72,7 +76,10 @@ class FanOutTransaction:
             remote = []
         for target in local:
             tagged = self.agent.resolver.tagged(target)
-            yield self.local.add_recipient(tagged)
+            if hasattr(self.local, "rcpt_quota_check"):
+                # One full member doesn't refuse an alias: with a queue it waits there (end of data).
+                self.local.rcpt_quota_check = len(local) == 1 or self.agent.relay is None
+            yield call_backend(self.local.add_recipient, tagged)
             self.local_count += 1
             if tagged not in self.local_addresses:
                 self.local_addresses.append(tagged)
@@ -82,17 +89,23 @@ class FanOutTransaction:
     def deliver(self, source):
         queue_id = None
         if self.remote:
-            queue_id = yield self.agent.relay.enqueue(self.envelope, list(self.remote), source)
+            queue_id = yield call_backend(self.agent.relay.enqueue, self.envelope, list(self.remote), source)
         if self.local_count:
             started = self.agent.clock()
             try:
-                yield self.local.deliver(source)
+                yield call_backend(self.local.deliver, source)
             except Exception as e:
                 self._log_outcomes(started, e)
                 if queue_id is not None:
-                    yield self.agent.relay.cancel(queue_id)
+                    yield call_backend(self.agent.relay.cancel, queue_id)
                 raise
             self._log_outcomes(started)
+            aside = getattr(self.local, "set_aside", None)
+            if aside:
+                # Over quota while the others got their copy: the queue retries
+                # them (4.2.2) or bounces (5.2.2), as an MTA keeps mail for a full mailbox.
+                held = yield call_backend(self.agent.relay.enqueue, self.envelope, list(aside), source)
+                log.info("{rcpts}: over quota; queued as {held} for retry", rcpts=", ".join(aside), held=held)
         return queue_id
 
     def _log_outcomes(self, started, error=None):
@@ -123,4 +136,4 @@ class FanOutTransaction:
 
     def abort(self):
         self.remote = []
-        self.local.abort()
+        call_backend(self.local.abort).addErrback(lambda f: None)  # logged by call_backend

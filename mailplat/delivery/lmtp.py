@@ -69,8 +69,12 @@ class LMTPReply:
         """This reply as the TemporaryFailure / PermanentFailure it means."""
         text = f"{what}: {self.code} {self.text}".strip()
         if self.temporary:
-            return TemporaryFailure(text, self.enhanced if (self.enhanced or "").startswith("4") else "4.3.0")
-        return PermanentFailure(text, self.enhanced if (self.enhanced or "").startswith("5") else "5.0.0", self.code)
+            return TemporaryFailure(
+                text, self.enhanced if (self.enhanced or "").startswith("4") else "4.3.0", public=True
+            )
+        return PermanentFailure(
+            text, self.enhanced if (self.enhanced or "").startswith("5") else "5.0.0", self.code, public=True
+        )
 
     def __str__(self):
         return f"{self.code} {self.enhanced + ' ' if self.enhanced else ''}{self.text}"
@@ -370,7 +374,8 @@ class LMTPTransaction:
             if delivered:
                 text += f" (delivered to {', '.join(delivered)})"
             first = permanent[0][1]
-            raise PermanentFailure(text, first.enhanced or "5.0.0", first.code)
+            # The LMTP server's answers are meant for the sender, as Postfix passes them on.
+            raise PermanentFailure(text, first.enhanced or "5.0.0", first.code, public=True)
 
     def _close(self):
         client, self._client = self._client, None

@@ -8,6 +8,11 @@ import hashlib
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from mailplat.calls import call_backend, calling
+
+# IFolder.open_message fails with KeyError for a message that has gone.
+open_message = calling(KeyError, FileNotFoundError)
+
 
 def uidl_for(key):
     """RFC 1939 7: 1-70 printable ASCII characters, stable forever."""
@@ -32,8 +37,8 @@ class POP3Mailbox:
 
     @classmethod
     def open(cls, store, address):
-        d = store.inbox(address)
-        return d.addCallback(lambda folder: folder.messages().addCallback(lambda msgs: cls(folder, msgs)))
+        d = call_backend(store.inbox, address)
+        return d.addCallback(lambda folder: call_backend(folder.messages).addCallback(lambda msgs: cls(folder, msgs)))
 
     def _index(self, i):
         if not isinstance(i, int) or i < 0 or i >= len(self.messages):
@@ -56,7 +61,7 @@ class POP3Mailbox:
     def getMessage(self, i):
         i = self._index(i)
         self.retrieved.add(i)
-        return self.folder.open_message(self.messages[i].key)
+        return open_message(self.folder.open_message, self.messages[i].key)
 
     def getUidl(self, i):
         return uidl_for(self.messages[self._index(i)].key)
@@ -71,10 +76,10 @@ class POP3Mailbox:
         """Apply the session's changes (QUIT in the UPDATE state)."""
         keys = [self.messages[i].key for i in sorted(self.deleted)]
         seen = [self.messages[i].key for i in sorted(self.retrieved - self.deleted)]
-        d = self.folder.remove(keys)
+        d = call_backend(self.folder.remove, keys)
         if seen and hasattr(self.folder, "add_flags"):
             # As Dovecot does: mail read over POP3 is \Seen over IMAP.
-            d.addCallback(lambda _: self.folder.add_flags(seen, {"\\Seen"}))
+            d.addCallback(lambda _: call_backend(self.folder.add_flags, seen, {"\\Seen"}))
         return d
 
     def logout(self):

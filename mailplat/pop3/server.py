@@ -29,6 +29,7 @@ from mailplat.backpressure import ANSWERING, Flow
 from mailplat.deadlines import HandshakeDeadline, InputDeadline
 from mailplat.interfaces import TemporaryFailure
 from mailplat.ordered import still_running
+from mailplat.pop3.mailbox import open_message
 
 log = Logger()
 
@@ -442,7 +443,7 @@ class MailplatPOP3(HandshakeDeadline, pop3.POP3):
         return self._send(i, lambda data: wire_format(top_of(data, lines)), b"top of message follows")
 
     def _send(self, i, transform, status):
-        d = self.mbox.folder.open_message(self.mbox.messages[i].key)
+        d = open_message(self.mbox.folder.open_message, self.mbox.messages[i].key)
 
         def read(f):
             def run():

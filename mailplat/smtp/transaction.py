@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailplat import oplog
+from mailplat.calls import client_text
 from mailplat.checks import run_stage
 from mailplat.interfaces import Envelope, PermanentFailure, TemporaryFailure
 from mailplat.smtp.address import PathError, parse_path, split_path
@@ -170,6 +171,8 @@ class SMTPTransactionMixin:
             received_by=self.factory.hostname,
             require_tls=getattr(self, "_require_tls", False),
         )
+        # RFC 1870: MAIL FROM's SIZE=, for the recipients' quota checks at RCPT.
+        envelope.size_hint = self._check_session.size_hint
         d = defer.succeed(True)
         if self._user is not None and self.factory.restrict_sender and sender:
             d = defer.maybeDeferred(self.factory.addresses.owns, self._user.address, sender)
@@ -253,11 +256,16 @@ class SMTPTransactionMixin:
             answer = (e.code, e.enhanced, e.text)
         elif failure.check(TemporaryFailure):
             e = failure.value
-            answer = (451, e.enhanced, e.text)
+            # 452 for a full mailbox (RFC 5321 4.2.2, mailplat.interfaces.OverQuota).
+            answer = (getattr(e, "code", 451), e.enhanced, e.text)
         else:
             log.failure("SMTP backend error", failure)
             answer = (451, "4.3.0", "local error in processing")
-        self.reply(*answer)
+        # A plugin's text (a path, a parser error) is logged in full; the
+        # client gets it only when the plugin made it public.
+        told = answer if failure.check(PermanentFailure, TemporaryFailure) is None else (
+            answer[0], answer[1], client_text(failure.value))
+        self.reply(*told)
         if stage is not None:
             self._log_refused(stage, *answer, **about)
 
@@ -456,7 +464,10 @@ class SMTPTransactionMixin:
                 return None
             if self._folder and self._envelope is not None:
                 self._envelope.folder = self._folder
-            return defer.maybeDeferred(transaction.deliver, message).addCallback(done)
+            # Header fields a data check asked for (rspamd's X-Spam-*), on top.
+            added = getattr(self._envelope, "added_headers", None)
+            delivered = PrefixedSource(b"".join(added) + prefix, source) if added else message
+            return defer.maybeDeferred(transaction.deliver, delivered).addCallback(done)
 
         d = run_stage(self.factory.checks, "data", self._check_session, self._envelope, message)
         d.addCallback(checked)

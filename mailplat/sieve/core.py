@@ -6,6 +6,7 @@ body (RFC 5173), relational (RFC 5231) and comparator-i;ascii-numeric
 (RFC 4790 9.1).
 """
 
+import functools
 import re
 
 from mailplat.sieve import engine
@@ -86,9 +87,12 @@ class Reject(Action):
 # --- comparing (RFC 5228 2.7, RFC 4790, RFC 5231) ---------------------------------------
 
 
+@functools.lru_cache(maxsize=512)
 def _fold(text):
-    # i;ascii-casemap: ASCII letters compared without case, everything else as is.
-    return text.translate(_ASCII_LOWER)
+    # Cached: a run compares the same header or body text with many keys (a str keeps its hash).
+    # i;ascii-casemap: ASCII letters compared without case, everything else as is
+    # (lower() is the same on ASCII text, and isascii() costs nothing).
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -100,6 +104,7 @@ def _numeric(text):
     return int(m.group()) if m else None
 
 
+@functools.lru_cache(maxsize=1024)
 def _wildcard(pattern, fold):
     """A :matches pattern (`*`, `?`, `\\` escapes) as a compiled regex."""
     out, i = [], 0
@@ -138,7 +143,8 @@ def compare(node, values, keys, run=None):
     fold = comparator == "i;ascii-casemap"
     if "contains" in node.tags:
         if fold:
-            return any(_fold(k) in _fold(v) for v in values for k in keys)
+            # Each value folded once, not once per key (a body test's value is the whole text).
+            values, keys = [_fold(v) for v in values], [_fold(k) for k in keys]
         return any(k in v for v in values for k in keys)
     if "matches" in node.tags:
         patterns = [_wildcard(k, fold) for k in keys]
@@ -151,8 +157,9 @@ def compare(node, values, keys, run=None):
                     return True
         return False
     if fold:
-        return any(_fold(v) == _fold(k) for v in values for k in keys)
-    return any(v == k for v in values for k in keys)
+        folded = {_fold(k) for k in keys}
+        return any(_fold(v) in folded for v in values)
+    return any(v in keys for v in values)
 
 
 def _relate(comparator, relation, value, key):

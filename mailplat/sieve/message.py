@@ -55,11 +55,16 @@ class SieveMessage:
         self.envelope_to = envelope_to or ""
         self._parsed = None
         self.edited = False  # editheader changed the header (L{mailplat.sieve.editheader})
+        self._decoded = {}  # name -> decoded values, until the header changes
+        self._texts = None
 
     def headers(self, name):
         """The decoded values of every `name` field, in order (RFC 5228 5.7)."""
         name = name.lower()
-        return [decode_words(v) for n, v, _ in self._fields if n == name]
+        cached = self._decoded.get(name)
+        if cached is None:
+            cached = self._decoded[name] = [decode_words(v) for n, v, _ in self._fields if n == name]
+        return cached
 
     def raw_headers(self, name):
         name = name.lower()
@@ -79,6 +84,9 @@ class SieveMessage:
     @staticmethod
     def addresses_of(value):
         """The addr-specs of one field's value."""
+        bare = value.strip()
+        if bare.count("@") == 1 and not any(c in bare for c in ' \t"(),:;<>[]\\'):
+            return [bare]  # the common `user@domain`, without the full parser
         return [address for display, address in email.utils.getaddresses([value]) if address or display]
 
     # --- editheader (RFC 5293) ---------------------------------------------
@@ -91,6 +99,7 @@ class SieveMessage:
         else:
             self._fields.insert(0, entry)
         self.edited = True
+        self._decoded.clear()
 
     def delete_fields(self, name, keep):
         """Remove the `name` fields for which keep(index from 1, index from the end, decoded value) is False."""
@@ -103,6 +112,7 @@ class SieveMessage:
         if doomed:
             self._fields = [f for i, f in enumerate(self._fields) if i not in doomed]
             self.edited = True
+            self._decoded.clear()
 
     def header_bytes(self, without=()):
         """The header as it now is, with the blank line that ends it (LF line ends), less the `without` fields."""
@@ -115,6 +125,24 @@ class SieveMessage:
 
     def body_text(self):
         """The message as text/plain parts for the body test (decoded transfer encodings)."""
+        if self._texts is None:
+            self._texts = self._body_texts()
+        return self._texts
+
+    def _body_texts(self):
+        ctype = (self.raw_headers("content-type") or ["text/plain"])[0].lower()
+        encoding = (self.raw_headers("content-transfer-encoding") or ["7bit"])[0].strip().lower()
+        if ctype.split(";")[0].strip() in ("text/plain", "") and encoding in ("7bit", "8bit", "binary"):
+            # Not MIME-structured: the body is the text (no parser needed).
+            charset = "utf-8"
+            for param in ctype.split(";")[1:]:
+                key, _, value = param.partition("=")
+                if key.strip() == "charset":
+                    charset = value.strip().strip('"') or "utf-8"
+            try:
+                return [self.data[self._body_at :].decode(charset, "replace")]
+            except LookupError:
+                return [self.data[self._body_at :].decode("utf-8", "replace")]
         if self._parsed is None:
             self._parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(self.data)
         texts = []

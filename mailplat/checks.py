@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailplat.calls import calling, client_text
 from mailplat.interfaces import (
     CheckSession,
     ICheck,
@@ -36,7 +37,15 @@ STAGES = ("connect", "helo", "mail", "rcpt", "data")
 ON_ERROR = ("tempfail", "continue")
 DEFAULT_TIMEOUT = 30
 
-__all__ = ["Check", "CheckSession", "EnabledCheck", "Verdict", "STAGES", "load", "run_stage"]
+__all__ = ["Check", "CheckSession", "CheckUnavailable", "EnabledCheck", "Verdict", "STAGES", "load", "run_stage"]
+
+
+class CheckUnavailable(Exception):
+    """
+    Raised (or failed with) by a check whose service is down or did not
+    answer in time (a DNS list, a scanner): logged in one line without a
+    traceback, and the check's `on_error` decides, as for a timeout.
+    """
 
 
 @implementer(ICheck)
@@ -147,7 +156,8 @@ def _number(config, table, name, key, default):
 def _call(enabled, stage, session, args, clock):
     """One check's verdict for a stage, as a Deferred (never failing)."""
     method = getattr(enabled.check, stage)
-    d = defer.maybeDeferred(method, session, *args)
+    # Every exception goes on to `failed`, which knows the check's on_error.
+    d = calling(Exception)(method, session, *args)
     if clock is None:
         from twisted.internet import reactor as clock
     d.addTimeout(enabled.timeout, clock)
@@ -160,13 +170,22 @@ def _call(enabled, stage, session, args, clock):
         return verdict
 
     def failed(failure):
+        # A Verdict's text is for the client; a raised failure's only when public.
         if failure.check(PermanentFailure):
             e = failure.value
-            return Verdict(Verdict.REJECT, e.code, e.enhanced, e.text)
+            if e.public is False:
+                log.info("check {name} at {stage}: {text}", name=enabled.name, stage=stage, text=e.text)
+            return Verdict(Verdict.REJECT, e.code, e.enhanced, client_text(e))
         if failure.check(TemporaryFailure):
             e = failure.value
-            return Verdict(Verdict.TEMPFAIL, 451, e.enhanced, e.text)
-        if failure.check(defer.TimeoutError):
+            if e.public is False:
+                log.info("check {name} at {stage}: {text}", name=enabled.name, stage=stage, text=e.text)
+            return Verdict(Verdict.TEMPFAIL, 451, e.enhanced, client_text(e))
+        if failure.check(CheckUnavailable):
+            # A service the check needs is down or slow: one line, no traceback.
+            log.warn("check {name} unavailable at {stage}: {why}", name=enabled.name, stage=stage,
+                     why=failure.getErrorMessage())
+        elif failure.check(defer.TimeoutError):
             log.error("check {name} took more than {t}s at {stage}", name=enabled.name, t=enabled.timeout, stage=stage)
         else:
             log.failure("check {name} failed at {stage}", failure, name=enabled.name, stage=stage)

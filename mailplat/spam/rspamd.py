@@ -1,0 +1,176 @@
+"""
+The rspamd check: at end of data the message and its envelope go to
+rspamd's normal worker over its HTTP protocol (POST /checkv2, the facts
+in request headers: IP, Helo, Hostname, From, Rcpt, User, Queue-Id), with
+twisted.web's client; rspamd's action becomes the verdict:
+
+    reject                        -> 550 5.7.1
+    soft reject, greylist         -> 451 4.7.1
+    add header, rewrite subject   -> delivered into the Junk folder
+    no action                     -> no opinion (accepted)
+
+Every scanned message carries X-Spam-* header fields with rspamd's
+answer. rspamd down, slow or answering nonsense fails the check: its
+`on_error` decides (tempfail, or continue: delivered with
+"X-Spam-Status: unchecked"). See docs/check-rspamd.md.
+"""
+
+import json
+import re
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from mailplat.checks import Check, CheckUnavailable, Verdict
+
+log = Logger(namespace="mailplat.plugins.rspamd")
+
+DEFAULT_URL = "http://127.0.0.1:11333"
+DEFAULT_MAX_SIZE = 20 * 1024 * 1024
+REPLY_LIMIT = 4 * 1024 * 1024
+INLINE_READ = 256 * 1024  # octets read on the reactor; a bigger message is read in a thread
+JUNK_ACTIONS = ("add header", "rewrite subject")
+TEMPFAIL_ACTIONS = ("soft reject", "greylist")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _clean(text, limit=200):
+    """A value from rspamd made safe for an SMTP reply or a header field: one line, printable, bounded."""
+    return _UNSAFE.sub(" ", str(text)).strip()[:limit]
+
+
+def add_header(envelope, name, value):
+    """
+    Ask the server to put a header field on top of the delivered message
+    (`envelope.added_headers`, honoured after the data checks).
+    """
+    if envelope is None:
+        return
+    fields = getattr(envelope, "added_headers", None)
+    if fields is None:
+        fields = envelope.added_headers = []
+    fields.append(f"{name}: {_clean(value, 900)}\n".encode("utf-8", "replace"))
+
+
+class RspamdCheck(Check):
+    name = "rspamd"
+
+    def __init__(self, url=DEFAULT_URL, folder="Junk", headers=True, max_size=DEFAULT_MAX_SIZE, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = url.rstrip("/")
+        self.folder = folder
+        self.headers = headers
+        self.max_size = max_size
+        # Not persistent: a closed connection per scan keeps nothing open
+        # between messages (and nothing for a stopping server to close).
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+    def _request_headers(self, session, envelope):
+        h = Headers({b"Content-Type": [b"message/rfc822"]})
+
+        def put(name, values):
+            values = [_clean(v, 998).encode("utf-8", "replace") for v in values if v]
+            if values:
+                h.setRawHeaders(name, values)
+
+        put(b"IP", [envelope.client_address or session.client_address])
+        put(b"Helo", [envelope.helo or session.helo or ""])
+        put(b"Hostname", [envelope.client_name or session.client_name or ""])
+        put(b"From", [envelope.sender])
+        put(b"Rcpt", list(session.recipients or getattr(envelope, "recipients", None) or []))
+        put(b"User", [envelope.authenticated_as or session.authenticated_as or ""])
+        put(b"Queue-Id", [getattr(envelope, "queue_id", None) or ""])
+        put(b"MTA-Name", [envelope.received_by or ""])
+        return h
+
+    @defer.inlineCallbacks
+    def _scan(self, session, envelope, data):
+        try:
+            response = yield self.agent.request(
+                b"POST", (self.url + "/checkv2").encode("ascii"), self._request_headers(session, envelope),
+                FileBodyProducer(_bytes_io(data)))
+            body = yield readBody(response)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise CheckUnavailable(f"rspamd at {self.url}: {e.__class__.__name__}: {e}")
+        if response.code != 200:
+            raise CheckUnavailable(f"rspamd at {self.url} answered HTTP {response.code}: {body[:200]!r}")
+        try:
+            answer = json.loads(body[:REPLY_LIMIT])
+            action = str(answer["action"])
+            score = float(answer.get("score", 0.0))
+            required = float(answer.get("required_score", 0.0))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckUnavailable(f"rspamd at {self.url}: unreadable answer ({e}): {body[:200]!r}")
+        return answer, action, score, required
+
+    def data(self, session, envelope, source):
+        if source.size > self.max_size:
+            log.info("rspamd: {size} octets, over max_size: not scanned", size=source.size)
+            if self.headers:
+                add_header(envelope, "X-Spam-Status", "unchecked (too large)")
+            return None
+        # A big message may be in a spool file: read it in a thread, not on the reactor.
+        d = threads.deferToThread(_read, source) if source.size > INLINE_READ else defer.succeed(_read(source))
+        d.addCallback(lambda data: self._scan(session, envelope, data))
+
+        def unchecked(failure):
+            # Kept when on_error = "continue" delivers the message anyway.
+            if self.headers:
+                add_header(envelope, "X-Spam-Status", "unchecked (rspamd unavailable)")
+            return failure
+
+        return d.addCallbacks(lambda result: self._verdict(envelope, *result), unchecked)
+
+    def _verdict(self, envelope, answer, action, score, required):
+        symbols = answer.get("symbols") if isinstance(answer.get("symbols"), dict) else {}
+        spam = action not in ("no action",)
+        if self.headers:
+            add_header(envelope, "X-Spam-Flag", "YES" if action in JUNK_ACTIONS + ("reject",) else "NO")
+            add_header(envelope, "X-Spam-Score", f"{score:.2f} / {required:.2f}")
+            add_header(envelope, "X-Spam-Action", action)
+            named = sorted(str(k) for k, v in symbols.items() if isinstance(v, dict) and v.get("score"))
+            if named:
+                add_header(envelope, "X-Spam-Symbols", ", ".join(named))
+        if spam:
+            log.info("rspamd: {action} score {score} for {sender}", action=action, score=score, sender=envelope.sender)
+        if action == "reject":
+            messages = answer.get("messages") if isinstance(answer.get("messages"), dict) else {}
+            text = _clean(messages.get("smtp_message") or "message refused as spam")
+            return Verdict.reject(text or "message refused as spam", 550, "5.7.1")
+        if action in TEMPFAIL_ACTIONS:
+            return Verdict.tempfail("message deferred by the spam filter, please try again later", 451, "4.7.1")
+        if action in JUNK_ACTIONS:
+            return Verdict.folder(self.folder)
+        if action != "no action":
+            log.warn("rspamd: unknown action {action!r}: taken as no action", action=action)
+        return None
+
+
+def _read(source):
+    with source.open() as f:
+        return f.read()
+
+
+def _bytes_io(data):
+    import io
+
+    return io.BytesIO(data)
+
+
+def from_section(section, context):
+    """An RspamdCheck from its checked [checks.rspamd] table (docs/check-rspamd.md)."""
+    url = section.get("url", DEFAULT_URL)
+    if not re.match(r"^https?://[^/\s]+", url or ""):
+        raise ValueError(f"url: the address of rspamd's normal worker, e.g. {DEFAULT_URL!r}, not {url!r}")
+    folder = section.get("folder", "Junk")
+    if not folder:
+        raise ValueError("folder: a folder name is required, e.g. 'Junk'")
+    max_size = section.get("max_size", DEFAULT_MAX_SIZE)
+    if max_size <= 0:
+        raise ValueError(f"max_size: a positive number of octets, not {max_size!r}")
+    return RspamdCheck(url, folder, section.get("headers", True), max_size)

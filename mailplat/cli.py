@@ -4,7 +4,9 @@
     mailplat [--config FILE] check-config
     mailplat [--config FILE] user add|passwd|del ADDRESS
     mailplat [--config FILE] user list
-    mailplat [--config FILE] plugins
+    mailplat [--config FILE] quota show|recalc ADDRESS
+    mailplat [--config FILE] plugins [--describe NAME]
+    mailplat new-plugin realm|delivery|check NAME [--dir D]
     mailplat [--config FILE] sql-schema [--dialect sqlite|postgresql]
     mailplat [--config FILE] queue list|flush
     mailplat [--config FILE] queue delete|bounce ID
@@ -14,6 +16,7 @@
     mailplat [--config FILE] dkim list
     mailplat [--config FILE] dns-records DOMAIN [--address IP]... [--mta-sts-mode testing|enforce] [--mta-sts-policy]
     mailplat [--config FILE] dns-check DOMAIN [--address IP]...
+    mailplat quickstart DOMAIN [--dir D] [--hostname H] [--state-dir S] [--user U] [--address IP]...
 
 Passwords come from a prompt, or from standard input when it is not a
 terminal (one line), and are stored hashed with ARGON2ID.
@@ -77,9 +80,11 @@ def cmd_check_config(config, args):
 
     configuration.require_service(config)
     backends = Backends(config)
-    problems = getattr(backends.realm, "problems", lambda: [])()
-    for problem in problems:
-        print(f"warning: {problem}")
+    # Any backend (realm, store, delivery agent, check) may have warnings.
+    for backend in [backends.realm, backends.store, backends.delivery, getattr(backends, "relay", None)] + [
+            e.check for e in getattr(backends, "checks", [])]:
+        for problem in getattr(backend, "problems", lambda: [])():
+            print(f"warning: {problem}")
     for problem in getattr(backends, "plugin_problems", []):
         print(f"warning: {problem} (not selected; the server starts without it)")
     if tls.will_create(config):
@@ -87,6 +92,10 @@ def cmd_check_config(config, args):
     else:
         tls.context_factory(config)
     _check_endpoints(config)
+    from mailplat import privileges
+
+    for problem in privileges.problems(config):
+        print(f"warning: {problem}")
     print(f"{config.source}: OK")
     for name, endpoint in config.listen.items():
         print(f"  {name:<11} {endpoint}")
@@ -167,16 +176,104 @@ def _user_action(realm, action, address):
     return run()
 
 
+def cmd_sieve(config, args):
+    """`sieve list|put|get|activate|check USER [FILE]` (mailplat.sieve.admin)."""
+    from mailplat.sieve import admin
+
+    return admin.run(config, args)
+
+
+def cmd_quota(config, args):
+    """`quota show|recalc ADDRESS`: a user's limits and usage (docs/operating.md, Quotas)."""
+    from twisted.internet import defer
+
+    from mailplat.service import Backends
+
+    backends = Backends(config)
+    store = backends.store
+    if not hasattr(store, "recalculate"):
+        raise SystemExit(f"mailplat: store {config.store['backend']!r} keeps no quota")
+    address = args.address.strip().lower()
+
+    @defer.inlineCallbacks
+    def run():
+        user = yield defer.maybeDeferred(backends.realm.lookup, address)
+        if user is None:
+            raise _Refused(f"no such user: {address}")
+        if args.action == "recalc":
+            report = yield store.recalculate(user)
+        else:
+            report = yield store.quota(user)
+        return user, report
+
+    try:
+        user, report = _result(run())
+    except (MailplatError, _Refused) as e:
+        raise SystemExit(f"mailplat: {e}")
+    print(user + (" (recounted)" if args.action == "recalc" else ""))
+    for name, used, limit in (("storage", report.storage, report.storage_limit),
+                              ("messages", report.messages, report.messages_limit)):
+        shown = f"{used} octets" if name == "storage" else str(used)
+        if limit:
+            print(f"  {name:9} {shown} of {limit} ({used * 100 // limit}%)")
+        else:
+            print(f"  {name:9} no limit" + (f" ({shown} counted)" if args.action == "recalc" else ""))
+    return 0
+
+
 def cmd_plugins(config, args):
     from mailplat import plugin
 
     found, problems = plugin.scan()
+    describe = getattr(args, "describe", None)
+    if describe:
+        chosen = [p for p in found if p.name == describe]
+        for p in chosen:
+            print("\n".join(plugin.describe(p)))
+        for problem in problems:
+            if problem.name == describe:
+                print(f"BROKEN {problem}")
+        if not chosen:
+            if not any(problem.name == describe for problem in problems):
+                print(f"mailplat: no plugin named {describe!r}; `mailplat plugins` lists them", file=sys.stderr)
+            return 1
+        return 0
     for kind in plugin.KINDS:
         factory_iface = plugin.KINDS[kind][0]
         for p in sorted((p for p in found if factory_iface.providedBy(p)), key=lambda p: p.name):
             print(f"{kind:<9} {p.name:<14} {getattr(p, 'module', '?'):<28} {p.description}")
     for problem in problems:
         print(f"{'BROKEN':<9} {problem.name or '-':<14} {problem.module:<28} {problem.reason}")
+    # A script (or CI) running `mailplat plugins` learns of a broken one.
+    return 1 if problems else 0
+
+
+def cmd_quickstart(args):
+    """A commented production config, a DKIM key, postmaster@DOMAIN, and the next steps (mailplat.quickstart)."""
+    from mailplat import quickstart
+
+    try:
+        quickstart.run(args.domain, directory=args.dir, hostname=args.hostname, state_dir=args.state_dir,
+                       user=args.user, addresses=args.address or ())
+    except (quickstart.QuickstartError, configuration.ConfigError, MailplatError, ValueError) as e:
+        print(f"mailplat: quickstart: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mailplat: quickstart: cannot write {e.filename or args.dir}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_new_plugin(args):
+    from mailplat import skeleton
+
+    try:
+        written = skeleton.write(args.kind, args.name, args.dir or ".")
+    except (ValueError, OSError) as e:
+        print(f"mailplat: new-plugin: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
     return 0
 
 
@@ -354,7 +451,24 @@ def parser():
     for action, text in (("add", "add a user"), ("passwd", "change a password"), ("del", "remove a user")):
         actions.add_parser(action, help=text).add_argument("address")
     actions.add_parser("list", help="list users")
-    sub.add_parser("plugins", help="list the backend plugins found, and the broken ones")
+    quota = sub.add_parser("quota", help="a user's quota: show limits and usage, or recount the usage")
+    quota_actions = quota.add_subparsers(dest="action", required=True)
+    quota_actions.add_parser("show", help="limits and usage").add_argument("address")
+    quota_actions.add_parser("recalc", help="recount the usage from the folders").add_argument("address")
+    plugins = sub.add_parser("plugins", help="list the backend plugins found, and the broken ones (exit 1 if any)")
+    plugins.add_argument("--describe", metavar="NAME", help="print what plugin NAME is and the keys of its table")
+    qs = sub.add_parser("quickstart", help="write a production config for DOMAIN, add postmaster@DOMAIN, print the next steps")
+    qs.add_argument("domain")
+    qs.add_argument("--dir", default="/etc/mailplat", help="where to write mailplat.toml (default /etc/mailplat)")
+    qs.add_argument("--hostname", help="the server's host name (default mail.DOMAIN)")
+    qs.add_argument("--state-dir", default="/var/lib/mailplat", help="state_dir (default /var/lib/mailplat)")
+    qs.add_argument("--user", default="mailplat", help="[server] user, the user it runs as (default mailplat)")
+    qs.add_argument("--address", action="append", metavar="IP",
+                    help="the server's public address, for the DNS records (repeat for IPv4 and IPv6)")
+    new_plugin = sub.add_parser("new-plugin", help="write the skeleton of a plugin package: module, pyproject, test")
+    new_plugin.add_argument("kind", choices=("realm", "delivery", "check"))
+    new_plugin.add_argument("name", help="the name the config will use, e.g. myrealm")
+    new_plugin.add_argument("--dir", help="where to write the package's folder (default: here)")
     schema = sub.add_parser("sql-schema", help="print the SQL tables of the sql realm")
     schema.add_argument("--dialect", choices=("sqlite", "postgresql"), help="default: from [realm]")
     queue = sub.add_parser("queue", help="the relay queue: list, flush, delete, bounce")
@@ -384,6 +498,9 @@ def parser():
         command.add_argument("--address", action="append", metavar="IP",
                              help="the server's public address (IPv4 or IPv6; repeat for both); "
                                   "default: the [listen] smtp interface when it is a public one")
+    from mailplat.sieve import admin as sieve_admin
+
+    sieve_admin.add_parser(sub)
     records = sub.choices["dns-records"]
     records.add_argument("--mta-sts-mode", choices=("testing", "enforce"), default="testing",
                          help="the MTA-STS policy mode (RFC 8461 5); start with testing")
@@ -394,11 +511,15 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.command == "new-plugin":
+        return cmd_new_plugin(args)  # needs no configuration
+    if args.command == "quickstart":
+        return cmd_quickstart(args)  # writes the configuration
     try:
         config = configuration.load(args.config)
-        handler = {"check-config": cmd_check_config, "user": cmd_user, "plugins": cmd_plugins, "queue": cmd_queue, "dkim": cmd_dkim,
+        handler = {"check-config": cmd_check_config, "user": cmd_user, "quota": cmd_quota, "plugins": cmd_plugins, "queue": cmd_queue, "dkim": cmd_dkim,
                    "lockout": cmd_lockout,
-                   "dns-records": cmd_dns_records, "dns-check": cmd_dns_check,
+                   "dns-records": cmd_dns_records, "dns-check": cmd_dns_check, "sieve": cmd_sieve,
                    "sql-schema": cmd_sql_schema}[
             args.command
         ]

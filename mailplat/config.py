@@ -32,6 +32,7 @@ imap = "tcp:port=1143:interface=127.0.0.1"
 imaps = "tcp:port=1993:interface=127.0.0.1"
 pop3 = "tcp:port=1110:interface=127.0.0.1"
 pop3s = "tcp:port=1995:interface=127.0.0.1"
+managesieve = "tcp:port=4190:interface=127.0.0.1"
 
 [tls]
 
@@ -50,11 +51,12 @@ local = "maildir"
 [limits]
 """
 
-LISTENERS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s")
+LISTENERS = ("smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "managesieve")
 TLS_WRAPPED = ("smtps", "imaps", "pop3s")
-# [listen] keys that serve HTTP, not mail (mailplat.metrics): alone they
-# are no service. Not in the embedded defaults: turned on by the operator.
-WEB_LISTENERS = ("metrics",)
+# [listen] keys that serve HTTP, not mail (mailplat.metrics, mailplat.web):
+# alone they are no service. Not in the embedded defaults: turned on by the
+# operator (an HTTP port answers anyone who asks for a user's settings).
+WEB_LISTENERS = ("metrics", "http")
 
 # key -> (type, default); the [limits] table.
 LIMIT_KEYS = {
@@ -100,11 +102,13 @@ RELAY_KEYS = {
     "mta_sts": (bool, True),
     "mta_sts_port": (int, 443),
     "tls_trust_file": (str, None),
+    # The relay queue plugin (mailplat.plugin kind "relay"); its own keys in [relay.NAME].
+    "queue": (str, "spool"),
 }
 RELAY_TLS = ("may", "starttls", "implicit", "none")
 
 # The [dns] table: the one resolver of the server (mailplat.dns).
-DNS_KEYS = ("servers", "timeout")
+DNS_KEYS = ("servers", "timeout", "validating")
 DNS_DEFAULT_TIMEOUT = 10
 
 # The [dkim] table: signing on submission (mailplat.auth.dkim_sign).
@@ -164,13 +168,27 @@ class Config:
     # [relay] table or it says enabled = false: no relay queue runs.
     relay: dict | None = None
     # [dns]: {"servers": [(host, port)] ([] = resolv.conf), "timeout": seconds}
-    dns: dict = field(default_factory=lambda: {"servers": [], "timeout": DNS_DEFAULT_TIMEOUT})
+    dns: dict = field(default_factory=lambda: {"servers": [], "timeout": DNS_DEFAULT_TIMEOUT, "validating": False})
     # [dkim]: see _dkim; key files live under state_dir/dkim/DOMAIN/SELECTOR.key
     dkim: dict = field(default_factory=dict)
     # [authentication]: see _authentication; None means the defaults
     authentication: dict | None = None
+    # [quota]: {"storage": octets, "messages": int, "warning_percent": int}
+    # (0: no limit; mailplat.quota.settings); realms may override per user.
+    quota: dict = field(default_factory=lambda: {"storage": 0, "messages": 0, "warning_percent": 90})
     # [log] format: "text" (twistd's lines) or "json" (one JSON object a line)
     log_format: str = "text"
+    # [tls] acme: see _acme; None when certificates do not come by ACME
+    acme: dict | None = None
+    # [autoconfig]: {"enabled": bool, "hostname": the host clients are told to use}
+    autoconfig: dict = field(default_factory=lambda: {"enabled": True, "hostname": None})
+    # [sieve]: see _sieve (mailplat.sieve.filter, mailplat.managesieve)
+    sieve: dict = field(default_factory=lambda: {"enabled": False, "home": "", "max_scripts": 32, "max_script_bytes": 1 << 20,
+                                                 "before": [], "after": [], "global_dir": ""})
+    # [server] user / group: who the server runs as once its ports are bound
+    # (mailplat.privileges); None: as whoever starts it (or twistd -u/-g).
+    user: str | None = None
+    group: str | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     def is_local_domain(self, domain):
@@ -237,12 +255,36 @@ def _expect(source, table, key, kind, typ, required=False, default=None):
         if required:
             raise ConfigError(source, f"{kind}.{key}", "is required")
         return None
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        name = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}
-        raise ConfigError(
-            source, f"{kind}.{key}", f"must be {name.get(typ, typ.__name__)}, not {value!r}"
-        )
+    problem = type_problem(value, typ)
+    if problem:
+        raise ConfigError(source, f"{kind}.{key}", problem)
     return value
+
+
+# TOML's types as an operator reads them (the core's keys and plugins' schemas).
+TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", list: "a list",
+              dict: "a table"}
+
+
+def type_name(typ):
+    if isinstance(typ, tuple):
+        return " or ".join(type_name(t) for t in typ)
+    return TYPE_NAMES.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+def type_problem(value, typ):
+    """
+    None when `value` (as tomllib gives it) is of `typ` (a type or a
+    tuple of types), else the problem: "must be a whole number, not 'x'".
+    True is no number, and a whole number is a number.
+    """
+    types = typ if isinstance(typ, tuple) else (typ,)
+    for t in types:
+        if t in (int, float) and isinstance(value, bool):
+            continue
+        if isinstance(value, t) or (t is float and isinstance(value, int) and not isinstance(value, bool)):
+            return None
+    return f"must be {type_name(typ)}, not {value!r}"
 
 
 def _table(source, data, name):
@@ -255,9 +297,12 @@ def _table(source, data, name):
 # Every table a config may have and the keys of those the core reads
 # itself. [realm], [store], [delivery] and [checks.<name>] hold a plugin's
 # keys too: mailplat.plugin checks those against the keys the plugin declares.
-SERVER_KEYS = ("hostname", "state_dir")
+SERVER_KEYS = ("hostname", "state_dir", "user", "group")
 DOMAINS_KEYS = ("local",)
-TLS_KEYS = ("certificate", "key", "create_self_signed", "allow_plaintext_auth")
+TLS_KEYS = ("certificate", "key", "create_self_signed", "allow_plaintext_auth", "acme")
+# [tls] acme = { ... }: certificates by ACME (RFC 8555; mailplat.acme, docs/operating.md)
+ACME_KEYS = ("email", "directory", "domains", "challenge", "renew_days", "account_key", "ca_bundle")
+ACME_CHALLENGES = ("tls-alpn-01", "http-01")
 REALM_KEYS = ("backend", "path")
 STORE_KEYS = ("backend", "path")
 DELIVERY_KEYS = ("local", "recipient_delimiter")
@@ -266,7 +311,9 @@ SMTP_KEYS = ("restrict_sender",)
 LOG_KEYS = ("format",)
 LOG_FORMATS = ("text", "json")
 KNOWN_TABLES = ("server", "domains", "listen", "tls", "realm", "store", "delivery", "aliases", "limits", "relay",
-                "smtp", "dns", "dkim", "authentication", "checks", "log")
+                "smtp", "dns", "dkim", "authentication", "checks", "log", "quota", "autoconfig", "sieve")
+# [autoconfig]: what client autoconfiguration on [listen] http says (mailplat.autoconfig)
+AUTOCONFIG_KEYS = ("enabled", "hostname")
 
 
 def unknown(key, name, known, what="key"):
@@ -306,6 +353,14 @@ def _build(data, source, cwd):
     if not hostname or any(c.isspace() for c in hostname):
         raise ConfigError(source, "server.hostname", f"not a host name: {hostname!r}")
     state_dir = _absolute(_expect(source, server, "state_dir", "server", str, required=True), cwd)
+    run_as = {}
+    for name in ("user", "group"):
+        value = _expect(source, server, name, "server", str)
+        if value is not None and (not value or any(c.isspace() or c == ":" for c in value)):
+            raise ConfigError(source, f"server.{name}", f"not a {name} name: {value!r}")
+        run_as[name] = value
+    if run_as["group"] is not None and run_as["user"] is None:
+        raise ConfigError(source, "server.group", "needs server.user (the group alone is not switched to)")
 
     domains = _table(source, data, "domains")
     local = _expect(source, domains, "local", "domains", list, default=[])
@@ -363,6 +418,10 @@ def _build(data, source, cwd):
     dns = _dns(source, data)
     dkim = _dkim(source, data, state_dir)
     authentication = _authentication(source, data)
+    quota = _quota(source, data)
+    acme = _acme(source, tls, listen, state_dir, cwd)
+    autoconfig = _autoconfig(source, data, hostname)
+    sieve = _sieve(source, data, state_dir, cwd)
 
     return Config(
         source=source,
@@ -385,7 +444,13 @@ def _build(data, source, cwd):
         dns=dns,
         dkim=dkim,
         authentication=authentication,
+        quota=quota,
+        acme=acme,
+        autoconfig=autoconfig,
+        sieve=sieve,
         log_format=log_format,
+        user=run_as["user"],
+        group=run_as["group"],
         raw=data,
     )
 
@@ -428,7 +493,9 @@ def _relay(source, data, cwd):
     if "relay" not in data:
         return None
     table = _table(source, data, "relay")
-    check_keys(source, "relay", table, ("routes", *RELAY_KEYS))
+    queue = table.get("queue", "spool")
+    own = (queue,) if isinstance(queue, str) and isinstance(table.get(queue), dict) else ()
+    check_keys(source, "relay", table, ("routes", *RELAY_KEYS, *own))
     relay = {}
     for name, (typ, default) in RELAY_KEYS.items():
         relay[name] = _expect(source, table, name, "relay", typ, default=default)
@@ -498,6 +565,78 @@ def _domain_name(source, key, value):
     return value.lower().rstrip(".")
 
 
+def _acme(source, tls, listen, state_dir, cwd):
+    """
+    `[tls] acme = { email, directory, domains, ... }`: the ACME account and
+    the names of the certificate (RFC 8555); its files live under
+    state_dir/acme. None when the key is not set.
+    """
+    if "acme" not in tls:
+        return None
+    table = tls["acme"]
+    if not isinstance(table, dict):
+        raise ConfigError(source, "tls.acme", 'must be a table: { email = "...", directory = "https://...", domains = ["..."] }')
+    check_keys(source, "tls.acme", table, ACME_KEYS)
+    email = _expect(source, table, "email", "tls.acme", str, required=True)
+    if "@" not in email.strip("@") or any(c.isspace() for c in email):
+        raise ConfigError(source, "tls.acme.email", f"not an address: {email!r}")
+    directory = _expect(source, table, "directory", "tls.acme", str, required=True)
+    if not directory.startswith("https://"):
+        # RFC 8555 6.1: ACME is spoken over HTTPS only.
+        raise ConfigError(source, "tls.acme.directory", f"must be an https:// URL, not {directory!r}")
+    domains = _expect(source, table, "domains", "tls.acme", list, required=True)
+    if not domains:
+        raise ConfigError(source, "tls.acme.domains", "must name at least one domain")
+    domains = [_domain_name(source, "tls.acme.domains", d) for d in domains]
+    for d in domains:
+        if "*" in d:
+            # RFC 8555 7.1.3: a wildcard is validated by dns-01 only.
+            raise ConfigError(source, "tls.acme.domains", f"{d}: a wildcard needs the dns-01 challenge, which mailplat does not answer; list each name")
+    renew_days = _expect(source, table, "renew_days", "tls.acme", int, default=30)
+    if renew_days <= 0:
+        raise ConfigError(source, "tls.acme.renew_days", f"must be a positive number of days, not {renew_days}")
+    challenge = _expect(source, table, "challenge", "tls.acme", str, default="tls-alpn-01")
+    if challenge not in ACME_CHALLENGES:
+        raise ConfigError(source, "tls.acme.challenge", f"must be one of {', '.join(ACME_CHALLENGES)}, not {challenge!r}")
+    if challenge == "tls-alpn-01" and not any(name in listen for name in TLS_WRAPPED):
+        raise ConfigError(source, "tls.acme.challenge", "tls-alpn-01 is answered on an implicit-TLS listener: "
+                          f"turn on one of [listen] {', '.join(TLS_WRAPPED)} (reached on port 443), "
+                          'or use challenge = "http-01" with [listen] http')
+    if challenge == "http-01" and "http" not in listen:
+        raise ConfigError(source, "tls.acme.challenge", "http-01 is answered on [listen] http (reached on port 80): turn it on")
+    acme_dir = os.path.join(state_dir, "acme")
+    account_key = _expect(source, table, "account_key", "tls.acme", str)
+    ca_bundle = _expect(source, table, "ca_bundle", "tls.acme", str)
+    if ca_bundle is not None:
+        ca_bundle = _absolute(ca_bundle, cwd)
+        if not os.path.isfile(ca_bundle):
+            raise ConfigError(source, "tls.acme.ca_bundle", f"file not found: {ca_bundle}")
+    return {
+        "email": email,
+        "directory": directory,
+        "domains": domains,
+        "challenge": challenge,
+        "renew_days": renew_days,
+        # made (0600) on first use when not given
+        "account_key": _absolute(account_key, cwd) if account_key else os.path.join(acme_dir, "account.key"),
+        "ca_bundle": ca_bundle,  # None: the system's CAs (and certifi's) for the directory's HTTPS
+        "dir": acme_dir,
+        "certificate": os.path.join(acme_dir, "cert.pem"),  # the issued chain, leaf first
+        "key": os.path.join(acme_dir, "key.pem"),
+    }
+
+
+def _autoconfig(source, data, hostname):
+    """[autoconfig]: client autoconfiguration on [listen] http; the host defaults to [server] hostname."""
+    table = _table(source, data, "autoconfig")
+    check_keys(source, "autoconfig", table, AUTOCONFIG_KEYS)
+    enabled = _expect(source, table, "enabled", "autoconfig", bool, default=True)
+    host = _expect(source, table, "hostname", "autoconfig", str, default=hostname)
+    if not host or any(c.isspace() or c in "/@:" for c in host):
+        raise ConfigError(source, "autoconfig.hostname", f"not a host name: {host!r}")
+    return {"enabled": enabled, "hostname": host}
+
+
 def _dns(source, data):
     """The [dns] table: the name servers and timeout of the server's resolver."""
     table = _table(source, data, "dns")
@@ -510,7 +649,9 @@ def _dns(source, data):
     timeout = table.get("timeout", DNS_DEFAULT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(source, "dns.timeout", f"must be a positive number of seconds, not {timeout!r}")
-    return {"servers": servers, "timeout": timeout}
+    # true: the servers validate DNSSEC and their AD bit is believed (DANE, docs/relay.md).
+    validating = _expect(source, table, "validating", "dns", bool, default=False)
+    return {"servers": servers, "timeout": timeout, "validating": validating}
 
 
 def _dkim(source, data, state_dir):
@@ -590,3 +731,48 @@ def _authentication(source, data):
         "policy": policy,  # the defaults for every recipient domain
         "domains": domains,  # recipient domain -> the policy keys it overrides
     }
+
+
+SIEVE_KEYS = ("enabled", "home", "max_scripts", "max_script_bytes", "before", "after", "global_dir")
+
+
+def _sieve(source, data, state_dir, cwd):
+    """The [sieve] table: where users' scripts live (Pigeonhole's layout) and their quota."""
+    table = _table(source, data, "sieve")
+    _unknown_keys(source, table, "sieve", SIEVE_KEYS)
+    home = _expect(source, table, "home", "sieve", str, default=os.path.join(state_dir, "home", "%d", "%n"))
+    if "%n" not in home and "%u" not in home:
+        raise ConfigError(source, "sieve.home", f"must name the user with %n or %u (one home each), not {home!r}")
+    limits = {}
+    for key, default in (("max_scripts", 32), ("max_script_bytes", 1024 * 1024)):
+        value = _expect(source, table, key, "sieve", int, default=default)
+        if isinstance(value, bool) or value <= 0:
+            raise ConfigError(source, f"sieve.{key}", f"must be a positive number, not {value!r}")
+        limits[key] = value
+    chain = {}
+    for key in ("before", "after"):
+        # Scripts every user's mail goes through, before and after their own (Pigeonhole's sieve_before/after).
+        value = table.get(key, [])
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not all(isinstance(v, str) and v for v in paths):
+            raise ConfigError(source, f"sieve.{key}", f"must be a script file or a list of them, not {value!r}")
+        chain[key] = [_absolute(v, cwd) for v in paths]
+    global_dir = _expect(source, table, "global_dir", "sieve", str, default=os.path.join(state_dir, "sieve-global"))
+    return {"enabled": _expect(source, table, "enabled", "sieve", bool, default=True), "home": _absolute(home, cwd),
+            "global_dir": _absolute(global_dir, cwd), **chain, **limits}
+
+
+QUOTA_KEYS = ("storage", "messages", "warning_percent")
+
+
+def _quota(source, data):
+    """The [quota] table: default limits (docs/operating.md, Quotas)."""
+    from mailplat.quota.rules import QuotaRuleError, settings
+
+    table = _table(source, data, "quota")
+    _unknown_keys(source, table, "quota", QUOTA_KEYS)
+    try:
+        return settings(table)
+    except QuotaRuleError as e:
+        key, _, problem = str(e).partition(": ")
+        raise ConfigError(source, f"quota.{key}", problem)

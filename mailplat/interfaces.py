@@ -8,17 +8,29 @@ a tool that never starts a server.
 
 Rules every backend follows:
 
+  - B{One calling convention.} Each method may return a plain value, a
+    Deferred, or be written C{async def} (C{await} Deferreds inside): the
+    server makes every call through C{mailplat.calls.call_backend}, which
+    takes all three. Where this module says "Deferred firing with X", any
+    of the three answering X will do.
   - B{Never block the reactor.} Every method that may touch a disk, a
-    database or the network returns a Deferred (a plain value is allowed
-    too: callers wrap each call with C{maybeDeferred}). Slow work goes to a
-    thread pool (C{deferToThread}, C{adbapi}) or is asynchronous I/O.
+    database or the network waits for it without holding the reactor
+    thread: slow work goes to a thread pool (C{deferToThread}, C{adbapi},
+    C{mailplat.realm.passwords.verify_later}) or is asynchronous I/O.
+    The conformance kit fails a call, or a step of an C{async def}, that
+    holds the reactor longer than 50 ms.
   - B{Errors are split the way SMTP splits them.} Fail with
     L{TemporaryFailure} for "try again later" (database down, disk full,
     a timeout: 4xx, the message stays with the sender or the queue) and
     L{PermanentFailure} for "this will never work" (no such user: 5xx, a
     bounce). Any other exception is treated as temporary and logged.
     When unsure, fail temporarily: a retry costs little, a wrong bounce
-    cannot be taken back.
+    cannot be taken back. The failure's text is logged in full and sent to
+    the remote client only when raised with C{public=True}; otherwise the
+    client gets a generic text with the enhanced status code.
+  - B{Warnings.} Any backend (realm, store, delivery agent, check) may
+    have a C{problems()} method returning a list of strings: `mailplat
+    check-config` prints each as a warning.
   - B{Threads.} Methods are called from the reactor thread only, but many
     calls may be outstanding at once (one per session); Deferreds must fire
     in the reactor thread (C{deferToThread} and C{adbapi} do that for you).
@@ -40,33 +52,67 @@ class TemporaryFailure(MailplatError):
     """
     The operation failed for a reason that may go away (disk full, database
     down). Protocols answer 4xx / NO and the client tries again.
+
+    C{text} is logged in full. It reaches the remote client only when
+    C{public} is true: leave it unset for texts with paths, host names or
+    library errors in them, and the client is sent a generic text with
+    the C{enhanced} status code instead.
     """
 
-    def __init__(self, text="temporary failure", enhanced="4.3.0"):
+    def __init__(self, text="temporary failure", enhanced="4.3.0", public=None):
         super().__init__(text)
         self.text = text
         self.enhanced = enhanced
+        # None: not said (the server's own texts are public; a plugin's are
+        # not, see mailplat.calls); True or False: as the raiser decided.
+        self.public = public
 
 
 class PermanentFailure(MailplatError):
     """
     The operation can never succeed as asked (no such user, over quota for
-    good). Protocols answer 5xx / NO.
+    good). Protocols answer 5xx / NO. C{text} and C{public} as for
+    L{TemporaryFailure}.
     """
 
-    def __init__(self, text="permanent failure", enhanced="5.0.0", code=550):
+    def __init__(self, text="permanent failure", enhanced="5.0.0", code=550, public=None):
         super().__init__(text)
         self.text = text
         self.enhanced = enhanced
         self.code = code
+        self.public = public
 
 
 class NoSuchUser(PermanentFailure):
     """The address names nobody this realm knows."""
 
     def __init__(self, address):
-        super().__init__(f"no such user: {address}", "5.1.1", 550)
+        # The client gave the address: saying it back leaks nothing.
+        super().__init__(f"no such user: {address}", "5.1.1", 550, public=True)
         self.address = address
+
+
+class QuotaExceeded(MailplatError):
+    """
+    Base of the two quota refusals (C{mailplat.quota}); IMAP answers either
+    with C{NO [OVERQUOTA]} (RFC 9208 4.3).
+    """
+
+
+class OverQuota(QuotaExceeded, TemporaryFailure):
+    """The mailbox is full for now (RFC 3463 4.2.2): SMTP 452, may fit after expunges."""
+
+    code = 452
+
+    def __init__(self, text="mailbox full"):
+        TemporaryFailure.__init__(self, text, "4.2.2", public=True)
+
+
+class OverQuotaForGood(QuotaExceeded, PermanentFailure):
+    """The message is bigger than the whole quota (RFC 3463 5.2.2): SMTP 552."""
+
+    def __init__(self, text="message larger than the mailbox quota"):
+        PermanentFailure.__init__(self, text, "5.2.2", 552, public=True)
 
 
 # --- realm -----------------------------------------------------------------
@@ -113,9 +159,12 @@ class IRealmAdmin(Interface):
     """
     Optional: a realm whose users can be managed by `mailplat user`.
 
-    Each method may return a plain value or raise (file backends), or return
-    a Deferred (database backends); the CLI waits for either. Addresses are
-    given lower-cased.
+    Each method may return a plain value or raise (file backends), return
+    a Deferred or be C{async def} (database backends); the CLI waits for
+    any. Addresses are given lower-cased. A write is atomic (a file is
+    replaced whole: temporary file, fsync, rename; a crash leaves the old
+    file or the new one) and is seen by the realm's next lookup and
+    password check, even one that had cached the users before.
     """
 
     def add_user(address, password_hash):
@@ -147,6 +196,24 @@ class IAliasSource(Interface):
         """
 
 
+class IQuotaSource(Interface):
+    """
+    Optional: a realm that keeps per-user quota overrides (the passwd-file's
+    C{userdb_quota_rule} extra fields, the sql realm's C{quota_storage} and
+    C{quota_messages} columns). C{mailplat.quota} asks it once per check and
+    applies the answer over the C{[quota]} defaults.
+    """
+
+    def quota_rules(address):
+        """
+        @param address: a lower-cased address.
+        @return: a list of Dovecot quota rules (C{"*:storage=1G"},
+            C{"*:messages=10000"}, C{"*:bytes=+100M"}), empty for "the
+            defaults"; or a Deferred firing with one. Fails with
+            L{TemporaryFailure} when the realm can't answer.
+        """
+
+
 class IMailUser(Interface):
     """
     The avatar a protocol gets from the portal when all it needs is to know
@@ -168,7 +235,8 @@ class IMessageSource(Interface):
     size = Attribute("Number of bytes.")
 
     def open():
-        """@return: a new binary file object positioned at the start."""
+        """@return: a new binary file object positioned at the start; it
+        is seekable (C{seek}, C{tell}), so it can be read more than once."""
 
 
 class IStoredMessage(Interface):
@@ -239,6 +307,49 @@ class IFolderStore(IMailStore):
         """
 
 
+class QuotaReport:
+    """
+    A user's quota as C{IQuotaStore.quota} reports it: octets and messages
+    used, and the limits (0: no limit). Octets count RFC822.SIZE (CRLF).
+    """
+
+    __slots__ = ("storage", "storage_limit", "messages", "messages_limit")
+
+    def __init__(self, storage, storage_limit, messages, messages_limit):
+        self.storage = storage
+        self.storage_limit = storage_limit
+        self.messages = messages
+        self.messages_limit = messages_limit
+
+    @property
+    def limited(self):
+        return bool(self.storage_limit or self.messages_limit)
+
+    def __repr__(self):
+        return f"<QuotaReport {self.storage}/{self.storage_limit} octets {self.messages}/{self.messages_limit} messages>"
+
+
+class IQuotaStore(Interface):
+    """
+    Optional, beside L{IMailStore}: a store that keeps quotas
+    (C{mailplat.quota.QuotaStore} wraps the built-in ones). The local
+    delivery agent asks it at RCPT and before it writes any copy; the
+    accounts it gives IMAP provide C{quota()} too (RFC 9208 GETQUOTAROOT).
+    """
+
+    def check_quota(address, size=None, count=1):
+        """
+        @param size: octets about to be added, or None for "is the user
+            already over?" (SMTP RCPT).
+        @return: Deferred firing with None when it fits; failing with
+            L{OverQuota} (full for now) or L{OverQuotaForGood} (bigger than
+            the whole quota).
+        """
+
+    def quota(address):
+        """@return: Deferred firing with a L{QuotaReport}."""
+
+
 # --- IMAP view of a store ----------------------------------------------------
 
 
@@ -250,6 +361,8 @@ class IMessageInfo(Interface):
     size = Attribute("RFC822.SIZE: octets with CRLF line ends.")
     flags = Attribute("frozenset of flags and keywords ('\\Seen', '$Junk'); never \\Recent.")
     internaldate = Attribute("Arrival time, seconds since the epoch (float).")
+    # Only in folders that provide IModSeqFolder (added in a later version):
+    # modseq = the message's mod-sequence (int >= 1, RFC 7162 3.1).
 
 
 class FolderEvent:
@@ -386,6 +499,44 @@ class IBatchOpen(Interface):
         """
 
 
+class IModSeqFolder(Interface):
+    """
+    Optional, beside L{IMailFolder}: a folder that keeps RFC 7162
+    mod-sequences (CONDSTORE, QRESYNC), durably. Every change to the folder
+    - a flag change, new messages, an expunge, by a session or found on disk
+    - gets a mod-sequence greater than any given before, also across
+    restarts and crashes; the messages it touched carry it as
+    C{IMessageInfo.modseq}. A folder without this interface gets
+    C{[NOMODSEQ]} and no CONDSTORE commands from the IMAP server.
+    Checked by C{mailplat.testing.StoreConformance} when provided.
+    """
+
+    highestmodseq = Attribute(
+        "int >= 1: the greatest mod-sequence given in the folder (HIGHESTMODSEQ, "
+        "RFC 7162 3.1.2.1, 3.1.7); raised by expunges too. No I/O."
+    )
+
+    def store_flags_unchanged_since(uids, flags, mode, modseq, origin=None):
+        """
+        STORE with UNCHANGEDSINCE (RFC 7162 3.1.3): L{IMailFolder.store_flags}
+        for the messages whose modseq is at most `modseq`; the others are
+        left as they are. The test and the change happen in one step: no
+        other change to the folder comes between them.
+
+        @return: Deferred firing with ({uid: new frozenset of flags} as
+            store_flags gives, sorted list of the UIDs that failed the test).
+        """
+
+    def vanished(modseq):
+        """
+        The UIDs expunged at a mod-sequence greater than `modseq` (QRESYNC's
+        VANISHED, RFC 7162 3.2.5, 3.2.6), ascending; or None when the folder
+        no longer remembers expunges that old (the IMAP server then reports
+        every UID the client knows that is not in the folder). How long
+        expunges are remembered is the store's to say (docs). No I/O.
+        """
+
+
 class IMailAccount(Interface):
     """One user's folders, as IMAP sees them."""
 
@@ -465,6 +616,8 @@ class Envelope:
         self.received_at = received_at
         # The id of the `accepted` line and the 250 answer (set at MAIL).
         self.queue_id = None
+        # RFC 1870: MAIL FROM's SIZE= (octets) when the client gave it, else None.
+        self.size_hint = None
 
     def __repr__(self):
         return f"<Envelope from={self.sender!r} via={self.protocol}>"
@@ -539,7 +692,10 @@ class IDeliveryTransaction(Interface):
         Hand over the message (end of DATA) and make it durable.
 
         @param source: an L{IMessageSource} with the message as received
-            (LF line endings, no trace headers added yet).
+            (LF line endings) with the server's trace header on top: its
+            C{Received:} field (and on submission C{Date:} / C{Message-ID:}
+            when the client left them out). C{Return-Path:} is not there
+            yet: a local agent adds it at final delivery (RFC 5321 4.4).
         @return: Deferred firing when every accepted recipient's copy is on
             disk (or safely queued); only then may the server answer 250.
             Fails with L{TemporaryFailure} / L{PermanentFailure}; on failure
@@ -592,8 +748,9 @@ class IRelayQueue(Interface):
 class IBackendFactory(Interface):
     """
     What every plugin object provides: it makes a backend from its config
-    section. Plugins are found by twisted.plugin in the top-level
-    `plugins` package and chosen by `name` in the config.
+    section. Plugins are found in the modules of the top-level `plugins`
+    package and of the entry-point group `mailplat.plugins`, and chosen by
+    `name` in the config (C{mailplat.plugin}).
     """
 
     name = Attribute("The name the config uses, e.g. 'maildir'.")
@@ -621,6 +778,19 @@ class IDeliveryFactory(IBackendFactory):
     """A plugin making an L{IDeliveryAgent} for local mail."""
 
 
+class IRelayQueueFactory(IBackendFactory):
+    """
+    A plugin making the L{IRelayQueue} for remote mail (C{[relay] queue =
+    "NAME"}, default the built-in "spool"). Its section is the checked
+    C{[relay]} table, its own keys in C{[relay.NAME]}; C{context.delivery}
+    is the local agent (for bounces to local senders) and C{context.dns}
+    the server's resolver. A queue that also provides
+    C{twisted.application.service.IService} is started before the
+    listeners and stopped after them. Checked by
+    C{mailplat.testing.RelayConformance}.
+    """
+
+
 class BackendContext:
     """What a plugin may need from the rest of the server when it is built."""
 
@@ -631,6 +801,9 @@ class BackendContext:
         # mailplat.delivery.addresses.AddressResolver: aliases, plus tags,
         # users; set once the realm is built.
         self.resolver = resolver
+        # The local IDeliveryAgent, set once built (a relay queue sends
+        # bounces to local senders through it).
+        self.delivery = None
 
     @property
     def state_dir(self):

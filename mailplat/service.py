@@ -22,6 +22,7 @@ from mailplat.dns import SharedResolver
 from mailplat.interfaces import BackendContext, IAliasSource
 from mailplat.listeners import BoundListener
 from mailplat.portal import make_portal
+from mailplat.reload import HangupReload, Reloader
 from mailplat.throttle import ConnectionLimiter, LoginThrottle
 
 log = Logger()
@@ -49,6 +50,10 @@ class Backends:
             )
             context.resolver = self.resolver
             self.store = plugin.build("store", config.store["backend"], config.store, context)
+            # [quota]: every caller (local delivery, IMAP, POP3) goes through the quota wrapper.
+            from mailplat import quota
+
+            self.store = quota.wrap(self.store, self.realm, getattr(config, "quota", None))
             context.store = self.store
             self.delivery = plugin.build("delivery", config.delivery["local"], config.delivery, context)
         except plugin.PluginError as e:
@@ -62,11 +67,11 @@ class Backends:
         self.plugin_problems = plugin.problems()
         for problem in self.plugin_problems:
             log.error("plugin not loaded: {problem}", problem=str(problem))
-        # The relay queue (IRelayQueue) when [relay] is configured, else None.
+        # The relay queue (IRelayQueue) when [relay] is configured, else None:
+        # the plugin `[relay] queue` names (default the built-in "spool").
         # DSNs for local senders go through the local delivery agent.
-        from mailplat.delivery import relay
-
-        self.relay = relay.build(config, local_agent=self.delivery, resolver=self.dns)
+        context.delivery = self.delivery
+        self.relay = _relay_queue(config, context)
         # DKIM signing of submitted mail ([dkim], keys under state_dir/dkim).
         self.dkim = DKIMSigner(config.dkim)
         # SPF/DKIM/DMARC checks and their policy on the MX port ([authentication]).
@@ -84,13 +89,16 @@ class ServerService(service.MultiService):
     # [log] format = "json": the observer twistd is to log to (it asks the
     # application for an ILogObserver component before its own options).
     log_observer = None
+    # The [listen] http root (mailplat.web.WebRoot) to mount pages on, or None.
+    web = None
 
     def __init__(self, backends, control=None):
         service.MultiService.__init__(self)
         self.backends = backends
         # The control socket (mailplat.control) for `mailplat lockout|queue`.
         self.control = control
-        self.runners = [s for s in (backends.relay, control) if s is not None]
+        # (A third-party relay queue that is no service has nothing to start.)
+        self.runners = [s for s in (backends.relay, control) if s is not None and hasattr(s, "startService")]
 
     def setServiceParent(self, parent):
         if self.log_observer is not None and hasattr(parent, "setComponent"):
@@ -179,20 +187,71 @@ def make_service(config, bound=None):
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }
+    # [sieve]: local delivery runs each user's active script (mailplat.sieve.filter);
+    # [listen] managesieve lets users upload them (mailplat.managesieve).
+    sieve = None
+    if config.sieve["enabled"]:
+        from mailplat.sieve.filter import SieveFilter
+
+        from mailplat.sieve import core as sieve_core
+
+        sieve = SieveFilter(config.sieve["home"], config.hostname, before=config.sieve["before"],
+                            after=config.sieve["after"], global_dir=config.sieve["global_dir"])
+        sieve_core.DELIMITER = config.recipient_delimiter or "+"  # subaddress :user / :detail (RFC 5233)
+        if hasattr(backends.delivery, "sieve"):
+            backends.delivery.sieve = sieve
+            backends.delivery.outbound = relay  # redirect and vacation go through the relay queue
+    if "managesieve" in config.listen:
+        from mailplat.managesieve import ManageSieveFactory
+        from mailplat.sieve.filter import SieveFilter
+
+        homes = sieve or SieveFilter(config.sieve["home"])
+        makers["managesieve"] = lambda: ManageSieveFactory(
+            portal, context, homes, limits, throttle, connections, config.allow_plaintext_auth,
+            config.sieve["max_scripts"], config.sieve["max_script_bytes"],
+        )
     # [listen] metrics: the counters and gauges of this server, with its own
     # registry; the protocol factories' sessions are counted for it.
     metrics = None
     if "metrics" in config.listen:
         from mailplat.metrics import PROTOCOLS, ServerMetrics
 
-        metrics = ServerMetrics(config.listen, relay, local_backend=config.delivery["local"])
+        metrics = ServerMetrics(config.listen, _spool_queue(relay), local_backend=config.delivery["local"])
         makers["metrics"] = metrics.site
+    # [listen] http: one twisted.web site; parts mount their pages on
+    # top.web (mailplat.web), which is None when the key is not set.
+    web = None
+    if "http" in config.listen:
+        from mailplat.web import WebRoot
+
+        web = WebRoot()
+        makers["http"] = web.site
+        # Thunderbird autoconfig, Autodiscover, Apple profiles ([autoconfig]).
+        from mailplat import autoconfig
+
+        autoconfig.mount(web, config)
     control = control_channel.ControlService(config.state_dir)
     _add_lockout_actions(control, throttle)
-    if relay is not None:
+    if _spool_queue(relay) is not None:
         _add_queue_actions(control, relay)
     top = ServerService(backends, control)
     top.metrics = metrics
+    top.web = web
+    # Certificates: each new connection gets the one loaded last; SIGHUP
+    # reloads the files (mailplat.reload), ACME keeps them current.
+    top.certificates = context
+    top.acme = None
+    if config.acme is not None:
+        from mailplat.acme import AcmeService
+
+        top.acme = AcmeService(config.acme, context)
+        if config.acme["challenge"] == "http-01":
+            web.mount("/.well-known/acme-challenge", top.acme.http)
+        top.runners.append(top.acme)
+
+    # kill -HUP: the certificates and the [tls] keys that can change live.
+    top.reload = Reloader(config, context, top.acme).reload
+    top.runners.append(HangupReload(top.reload))
     if metrics is not None:
         top.runners.append(metrics)
     for name, endpoint in config.listen.items():
@@ -215,7 +274,7 @@ def make_service(config, bound=None):
                 raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
         svc.setName(name)
         svc.setServiceParent(top)
-    _log_startup(config, backends)
+    _log_startup(config, backends, context.current.source.cert_path)
     return top
 
 
@@ -239,6 +298,28 @@ def _add_lockout_actions(control, throttle):
     control.add("lockout.clear", clear)
 
 
+def _spool_queue(relay):
+    """The relay queue when it is the built-in spool (queue commands and gauges know only that one)."""
+    from mailplat.delivery.relay.queue import RelayQueue
+
+    return relay if isinstance(relay, RelayQueue) else None
+
+
+def _relay_queue(config, context):
+    """The relay queue plugin `[relay] queue` names, built from [relay] (None without relaying)."""
+    if config.relay is None:
+        return None
+    name = config.relay.get("queue", "spool")
+    section = dict(config.relay)
+    own = config.raw.get("relay", {}).get(name)
+    if isinstance(own, dict):
+        section[name] = own
+    try:
+        return plugin.build("relay", name, section, context)
+    except plugin.PluginError as e:
+        raise ConfigError(config.source, None, str(e))
+
+
 def _add_queue_actions(control, relay):
     """`mailplat queue flush|delete|bounce`, answered at once rather than at the next poll."""
 
@@ -256,7 +337,7 @@ def _add_queue_actions(control, relay):
     control.add("queue.bounce", queue_action(relay.bounce))
 
 
-def _log_startup(config, backends):
+def _log_startup(config, backends, certificate=None):
     """The start-up summary: each service and endpoint, the backends, the certificate."""
     for name, endpoint in config.listen.items():
         tls_kind = "implicit" if name in TLS_WRAPPED else "none" if name in WEB_LISTENERS else "starttls"
@@ -270,8 +351,9 @@ def _log_startup(config, backends):
         checks=[c.name for c in backends.checks] or None,
     )
     try:
-        subject, expires = tls.describe(config.tls_certificate)
+        certificate = certificate or config.tls_certificate
+        subject, expires = tls.describe(certificate)
     except Exception as e:  # loaded already; a description is only for the log
-        oplog.emit("certificate", level="warn", file=config.tls_certificate, problem=str(e))
+        oplog.emit("certificate", level="warn", file=certificate, problem=str(e))
     else:
-        oplog.emit("certificate", subject=subject, expires=expires, file=config.tls_certificate)
+        oplog.emit("certificate", subject=subject, expires=expires, file=certificate)

@@ -81,6 +81,8 @@ class EmbeddedDefaults(ConfigTestCase):
             # once IMAP exists
             "imap": "tcp:port=1143:interface=127.0.0.1",
             "imaps": "tcp:port=1993:interface=127.0.0.1",
+            # ManageSieve's standard port is unprivileged already (RFC 5804 1.8)
+            "managesieve": "tcp:port=4190:interface=127.0.0.1",
         }
         for name, endpoint in config.listen.items():
             self.assertEqual(endpoint, expected.get(name), name)

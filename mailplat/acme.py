@@ -21,14 +21,14 @@ import os
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.web import resource
 
 from mailplat import oplog
+from mailplat.tls import self_signed
 
 # How often the certificate's expiry is looked at (seconds): reading one
 # file. A failed order is tried again at the next look, which keeps well
@@ -77,24 +77,10 @@ def challenge_certificate(domain, key_authorization):
     for `domain` (RFC 8737 3): the name as its only subjectAltName and the
     SHA-256 of the key authorization in a critical acmeIdentifier extension.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        # The extension's value is a DER OCTET STRING of the 32-byte digest.
-        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    # The extension's value is a DER OCTET STRING of the 32-byte digest.
+    identifier = x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest)
+    return self_signed(domain, x509.SubjectAlternativeName([x509.DNSName(domain)]), 1, [(identifier, True)])
 
 
 class ChallengeResource(resource.Resource):

@@ -104,14 +104,18 @@ def _xml(root):
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="utf-8", xml_declaration=False)
 
 
-class ThunderbirdConfig(resource.Resource):
-    """config-v1.1.xml (the Thunderbird autoconfig format), for `?emailaddress=` or every local domain."""
+class _OfferResource(resource.Resource):
+    """A leaf resource answering from one L{Offer}."""
 
     isLeaf = True
 
     def __init__(self, offer):
         super().__init__()
         self.offer = offer
+
+
+class ThunderbirdConfig(_OfferResource):
+    """config-v1.1.xml (the Thunderbird autoconfig format), for `?emailaddress=` or every local domain."""
 
     def render_GET(self, request):
         offer = self.offer
@@ -171,14 +175,8 @@ def parse_autodiscover(body):
     raise BadRequest("no EMailAddress in the request")
 
 
-class Autodiscover(resource.Resource):
+class Autodiscover(_OfferResource):
     """Microsoft Autodiscover, the plain-old-XML protocol Outlook speaks (POST only)."""
-
-    isLeaf = True
-
-    def __init__(self, offer):
-        super().__init__()
-        self.offer = offer
 
     def render_GET(self, request):
         request.setHeader(b"Allow", b"POST")
@@ -219,14 +217,8 @@ class Autodiscover(resource.Resource):
         return _xml(root)
 
 
-class AppleProfile(resource.Resource):
+class AppleProfile(_OfferResource):
     """A .mobileconfig with one com.apple.mail.managed payload for `?emailaddress=` (unsigned)."""
-
-    isLeaf = True
-
-    def __init__(self, offer):
-        super().__init__()
-        self.offer = offer
 
     def render_GET(self, request):
         offer = self.offer

@@ -26,20 +26,17 @@ from mailplat.config import ConfigError
 log = Logger()
 
 
-def make_self_signed(cert_path, key_path, hostname, days=3650):
-    """Write a new EC key (0600) and a self-signed certificate for `hostname`."""
+def self_signed(common_name, san, days, extensions=()):
+    """
+    A new EC (P-256) key and a certificate it signs itself: `common_name` as
+    subject and issuer, valid from five minutes ago for `days`, with the
+    subjectAltName `san` (not critical), then each (extension, critical) of
+    `extensions`. Returns (certificate, key).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    san = x509.SubjectAlternativeName(
-        [
-            x509.DNSName(hostname),
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
-    )
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -48,9 +45,23 @@ def make_self_signed(cert_path, key_path, hostname, days=3650):
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256()), key
+
+
+def make_self_signed(cert_path, key_path, hostname, days=3650):
+    """Write a new EC key (0600) and a self-signed certificate for `hostname`."""
+    san = x509.SubjectAlternativeName(
+        [
+            x509.DNSName(hostname),
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+    )
+    cert, key = self_signed(hostname, san, days, [(x509.BasicConstraints(ca=False, path_length=None), True)])
     for path in (cert_path, key_path):
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

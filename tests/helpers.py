@@ -51,6 +51,29 @@ local = "{store}"
 {extra}
 """
 
+# The smallest config the command-line and plugin tests load: one local
+# domain, SMTP on a free port, a passwd-file style realm at etc/users.
+SMALL_CONFIG = """
+[server]
+hostname = "mail.example.test"
+state_dir = "var"
+
+[domains]
+local = ["example.test"]
+
+[listen]
+smtp = "tcp:port=0:interface=127.0.0.1"
+
+[realm]
+backend = "{realm}"
+path = "etc/users"
+"""
+
+
+def small_config(realm="passwd-file", after=""):
+    """L{SMALL_CONFIG} with realm backend `realm`, followed by the text `after`."""
+    return SMALL_CONFIG.format(realm=realm) + after
+
 
 def client_tls():
     """A client TLS context that accepts the server's self-signed certificate."""

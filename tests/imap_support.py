@@ -322,3 +322,15 @@ class RawClient:
             self.sock.close()
         except OSError:
             pass
+
+
+class TLSRawClient(RawClient):
+    """L{RawClient} over implicit TLS (LOGIN needs TLS, RFC 3501 6.2.3)."""
+
+    def __init__(self, port, timeout=10):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.file.readline()

@@ -17,23 +17,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailplat.realm import passwords
-from tests.helpers import MailServer, client_tls, in_thread
+from tests.helpers import MailServer, client_tls, in_thread, small_config
 
-CONFIG = """
-[server]
-hostname = "mail.example.test"
-state_dir = "var"
-
-[domains]
-local = ["example.test"]
-
-[listen]
-smtp = "tcp:port=0:interface=127.0.0.1"
-
-[realm]
-backend = "passwd-file"
-path = "etc/users"
-"""
+CONFIG = small_config()
 
 
 def mailplat(args, cwd, stdin=""):

@@ -8,15 +8,12 @@ The folder holds five messages, UIDs 1-5; message 2 is \\Seen, and the
 bodies of messages 1, 3 and 5 have the word "apple".
 """
 
-import socket
-import ssl
-
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.helpers import MailServer, in_thread
-from tests.imap_support import MemoryIMAP, RawClient
+from tests.imap_support import MemoryIMAP, RawClient, TLSRawClient
+from tests.test_imap_maildir import drain
 
 BASE = 1_700_000_000
 SUBJECTS = ["delta", "alpha", "echo", "bravo", "charlie"]
@@ -357,16 +354,6 @@ class Sort(Session):
         self.assertEqual(untagged(lines), [b'* ESEARCH (TAG "U1") UID ADDTO (1 6)'])
 
 
-class TLSRawClient(RawClient):
-    def __init__(self, port, timeout=10):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.file.readline()
-
-
 class OnTheStore(unittest.TestCase):
     """The same over IMAPS on a real store: a new message is read in the thread pool first."""
 
@@ -377,15 +364,8 @@ class OnTheStore(unittest.TestCase):
         self.server = yield MailServer(self, listeners=("smtp", "imaps")).start(users={"alice@example.test": "pw"})
         self.addCleanup(self.drain)
 
-    @defer.inlineCallbacks
     def drain(self):
-        for _ in range(200):
-            if not self.server.sessions():
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        store = self.server.service.backends.store
-        if hasattr(store, "close"):
-            yield store.close()
+        return drain(self.server)
 
     def client(self):
         c = TLSRawClient(self.server.port("imaps"))

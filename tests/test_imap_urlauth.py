@@ -8,33 +8,19 @@ and after RESETKEY.
 
 import os
 import re
-import socket
-import ssl
 import stat
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailplat.imap import urlauth
 from tests.helpers import MailServer, in_thread
-from tests.imap_support import RawClient
+from tests.imap_support import TLSRawClient
+from tests.test_imap_maildir import drain
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 MESSAGE = b"From: carol@example.org\r\nSubject: hi\r\n\r\nsecret body\r\n"
-
-
-class TLSRawClient(RawClient):
-    """L{RawClient} over implicit TLS (LOGIN needs TLS, RFC 3501 6.2.3)."""
-
-    def __init__(self, port, timeout=10):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.file.readline()
 
 
 class URLAuth(unittest.TestCase):
@@ -45,15 +31,8 @@ class URLAuth(unittest.TestCase):
         self.server = yield MailServer(self, listeners=("smtp", "imaps")).start(users={ALICE: "pw", BOB: "pw"})
         self.addCleanup(self.drain)
 
-    @defer.inlineCallbacks
     def drain(self):
-        for _ in range(200):
-            if not self.server.sessions():
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        store = self.server.service.backends.store
-        if hasattr(store, "close"):
-            yield store.close()
+        return drain(self.server)
 
     def client(self, user=ALICE):
         c = TLSRawClient(self.server.port("imaps"))

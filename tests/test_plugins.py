@@ -20,6 +20,7 @@ from mailplat import plugin
 from mailplat.config import ConfigError
 from mailplat.interfaces import BackendContext
 from mailplat.service import Backends, make_service
+from tests.helpers import small_config
 
 BROKEN_IMPORT = """
 import no_such_module_anywhere  # raises ModuleNotFoundError
@@ -54,21 +55,6 @@ from mailplat.realm.passwdfile import PasswdFileRealm
 extra = BackendPlugin("realm", "extra-file", "A third-party realm, found on sys.path", lambda s, c: PasswdFileRealm(s["path"]))
 """
 
-CONFIG = """
-[server]
-hostname = "mail.example.test"
-state_dir = "var"
-
-[domains]
-local = ["example.test"]
-
-[listen]
-smtp = "tcp:port=0:interface=127.0.0.1"
-
-[realm]
-backend = "{realm}"
-path = "etc/users"
-"""
 
 
 def mailplat(args, cwd, pythonpath=None):
@@ -109,7 +95,7 @@ class PluginsFolder(unittest.TestCase):
     def write_config(self, realm):
         path = os.path.join(self.dir, "mailplat.toml")
         with open(path, "w") as f:
-            f.write(CONFIG.format(realm=realm))
+            f.write(small_config(realm))
         return path
 
 

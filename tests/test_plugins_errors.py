@@ -18,7 +18,7 @@ from mailplat import plugin
 from mailplat.config import ConfigError
 from mailplat.interfaces import IRealmBackend, PermanentFailure, TemporaryFailure
 from mailplat.service import Backends
-from tests.helpers import MailServer, collect_log, in_thread
+from tests.helpers import MailServer, collect_log, in_thread, small_config
 from tests.test_plugins import PluginsFolder, mailplat
 
 BUGGY = """
@@ -46,21 +46,7 @@ class Warns(Check):
 warns = BackendPlugin("check", "warns", "a check with a warning", lambda s, c: Warns(), keys=())
 """
 
-CONFIG = """
-[server]
-hostname = "mail.example.test"
-state_dir = "var"
-
-[domains]
-local = ["example.test"]
-
-[listen]
-smtp = "tcp:port=0:interface=127.0.0.1"
-
-[realm]
-backend = "passwd-file"
-path = "etc/users"
-
+CHECKS = """
 [checks]
 enabled = ["{check}"]
 """
@@ -74,7 +60,7 @@ class FactoryFailures(PluginsFolder):
         open(os.path.join(self.dir, "etc", "users"), "w").close()
         path = os.path.join(self.dir, "mailplat.toml")
         with open(path, "w") as f:
-            f.write(CONFIG.format(check=check))
+            f.write(small_config(after=CHECKS.format(check=check)))
         return path
 
     def test_a_factory_bug_is_reported_with_type_message_and_file_line(self):

@@ -17,24 +17,9 @@ from mailplat.plugin import BackendPlugin, Key
 from mailplat.schema import as_schema
 from mailplat.realm.passwdfile import PasswdFileRealm
 from mailplat.service import Backends
+from tests.helpers import small_config
 from tests.test_plugins import mailplat
 
-CONFIG = """
-[server]
-hostname = "mail.example.test"
-state_dir = "var"
-
-[domains]
-local = ["example.test"]
-
-[listen]
-smtp = "tcp:port=0:interface=127.0.0.1"
-
-[realm]
-backend = "schema-realm"
-path = "etc/users"
-{realm}
-"""
 
 
 class Built:
@@ -68,7 +53,7 @@ class Validation(unittest.TestCase):
     def backends(self, realm_lines):
         path = os.path.join(self.dir, "mailplat.toml")
         with open(path, "w") as f:
-            f.write(CONFIG.format(realm=realm_lines))
+            f.write(small_config("schema-realm", realm_lines + "\n"))
         return Backends(configuration.load(path, cwd=self.dir))
 
     def refused(self, realm_lines):

@@ -65,6 +65,23 @@ def _service_user():
     return pw.pw_uid, pw.pw_gid, pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name
 
 
+def _giving_needs_root():
+    """L{_service_user}, or SkipTest when not root or there is no `nobody` to give files to."""
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("giving files to another user needs root (CI runs as root)")
+    user = _service_user()
+    if user is None:
+        raise unittest.SkipTest("no `nobody` user")
+    return user
+
+
+def _temporary_dir(case):
+    """A new directory, removed when `case` ends."""
+    directory = tempfile.mkdtemp(prefix="mailplat-privileges-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
 def _environment():
     # Only the checkout and the virtualenv's packages: an inherited PYTHONPATH
     # (trial -j puts this interpreter's whole sys.path there) could bring in
@@ -112,8 +129,7 @@ class ServiceUserCase(unittest.TestCase):
     """A server directory anyone may enter, and twistd run from it."""
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="mailplat-privileges-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = _temporary_dir(self)
         os.chmod(self.dir, 0o755)
         self.config = os.path.join(self.dir, "mailplat.toml")
         self.log = os.path.join(self.dir, "twistd.out")
@@ -405,14 +421,8 @@ class AdminCommandsAsRoot(unittest.TestCase):
     """`mailplat user add` run as root must not leave the server a passwd-file it cannot read."""
 
     def setUp(self):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("giving files to another user needs root (CI runs as root)")
-        user = _service_user()
-        if user is None:
-            raise unittest.SkipTest("no `nobody` user")
-        self.uid, self.gid = user[:2]
-        self.dir = tempfile.mkdtemp(prefix="mailplat-privileges-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.uid, self.gid = _giving_needs_root()[:2]
+        self.dir = _temporary_dir(self)
         os.chown(self.dir, self.uid, self.gid)
         self.users = os.path.join(self.dir, "users")
 
@@ -442,8 +452,7 @@ class CheckConfig(unittest.TestCase):
 
         from mailplat import cli
 
-        directory = tempfile.mkdtemp(prefix="mailplat-privileges-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = _temporary_dir(self)
         path = os.path.join(directory, "mailplat.toml")
         with open(path, "w") as f:
             f.write(CONFIG.format(server='user = "no-such-mailplat-user"', realm=f'path = "{directory}/users"',
@@ -459,17 +468,12 @@ class GivingStateDir(unittest.TestCase):
     """privileges.prepare: root's files under state_dir become the user's; nothing outside it does."""
 
     def setUp(self):
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("giving files to another user needs root (CI runs as root)")
-        user = _service_user()
-        if user is None:
-            raise unittest.SkipTest("no `nobody` user")
+        _giving_needs_root()
         from mailplat import config as configuration
         from mailplat import privileges
 
         self.privileges = privileges
-        self.dir = tempfile.mkdtemp(prefix="mailplat-privileges-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = _temporary_dir(self)
         self.state = os.path.join(self.dir, "var")
         os.makedirs(os.path.join(self.state, "mail", "example.test", "alice", "new"))
         self.outside = os.path.join(self.dir, "outside")

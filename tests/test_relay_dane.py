@@ -21,12 +21,10 @@ from twisted.trial import unittest
 from mailplat import config as configuration
 from mailplat.delivery.relay import dane
 from mailplat.dns import SharedResolver
-from mailplat.interfaces import Envelope
-from mailplat.store.source import BytesSource
 from mailplat.testing.dns import Record_TLSA, start_dns_server, tlsa, txt
 from tests.helpers import collect_log
 from tests.test_relay_delivery import ALICE, BOB, DomainServer, messages_in, queue_of, scripted_server, wait_for
-from tests.test_relay_mtasts import ENFORCE, POLICY_HOST, TestCA, start_policy_host
+from tests.test_relay_mtasts import ENFORCE, POLICY_HOST, RelayedMessages, TestCA, start_policy_host
 
 MX = "mx.example.org"
 TLSA_NAME = f"_25._tcp.{MX}"
@@ -47,7 +45,7 @@ def cert_sha256(cert):
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
-class DANECase(unittest.TestCase):
+class DANECase(RelayedMessages, unittest.TestCase):
     """A (example.test, validating resolver) relays to example.org, whose MX is on loopback."""
 
     def setUp(self):
@@ -98,19 +96,28 @@ class DANECase(unittest.TestCase):
         yield self.a.start(users=ALICE)
         return queue_of(self.a)
 
-    def send(self, subject="x", require_tls=False):
-        message = f"From: alice@example.test\nTo: bob@example.org\nSubject: {subject}\n\nbody\n".encode()
-        envelope = Envelope("alice@example.test", require_tls=require_tls)
-        return queue_of(self.a).enqueue(envelope, ["bob@example.org"], BytesSource(message))
-
-    def recipient(self, queue_id):
-        return queue_of(self.a).entries[queue_id].record["recipients"][0]
-
     @defer.inlineCallbacks
-    def wait_deferred(self, queue_id):
-        queue = queue_of(self.a)
-        yield wait_for(lambda: self.recipient(queue_id)["state"] == "deferred" and not queue.entries[queue_id].busy)
-        return self.recipient(queue_id)
+    def relay_one(self, cert, key, require_tls=False, **sender):
+        """
+        Start the receiver with `cert` and `key`, then the sender (with
+        L{start_sender}'s keywords `sender`), and send one message: its queue id.
+        """
+        mx_port = yield self.start_receiver(cert, key)
+        yield self.start_sender(mx_port, **sender)
+        queue_id = yield self.send(require_tls=require_tls)
+        return queue_id
+
+    def unsign(self, qtype):
+        """From now on the answers to `qtype` queries come without the AD bit (an unsigned zone)."""
+        original = self.dns.factory._responseFromMessage
+
+        def unsigned(message, *args, **kwargs):
+            response = original(message, *args, **kwargs)
+            if message.queries and message.queries[0].type == qtype:
+                response.authenticData = 0
+            return response
+
+        self.dns.factory._responseFromMessage = unsigned
 
     @defer.inlineCallbacks
     def delivered(self, queue_id):
@@ -127,9 +134,7 @@ class DANEEndEntity(DANECase):
     def test_a_certificate_matching_3_1_1_is_delivered_over_tls(self):
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, spki_sha256(_load(cert)))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)  # RFC 3848: B saw TLS
         self.assertTrue(self.logged("DANE: example.org: MX mx.example.org: 1 usable TLSA record(s) (3 1 1)"))
@@ -144,9 +149,7 @@ class DANEEndEntity(DANECase):
         cert, key = self.issue()
         der = _load(cert).public_bytes(serialization.Encoding.DER)
         self.start_dns([tlsa(3, 0, 0, der), tlsa(3, 0, 0, der[::-1])])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
         self.assertTrue(self.logged("2 usable TLSA record(s) (3 0 0)"))
@@ -157,9 +160,7 @@ class DANEEndEntity(DANECase):
         other_ca = TestCA(tempfile.mkdtemp(dir=self.dir), cn="nobody trusts this CA")
         cert, key = self.issue("not-the-mx.example.net", ca=other_ca)
         self.start_dns([tlsa(3, 0, 1, cert_sha256(_load(cert)))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
 
@@ -187,9 +188,7 @@ class DANEEndEntity(DANECase):
             "mx2.example.org": [dns.Record_A("127.0.0.1")],
             "_25._tcp.mx2.example.org": [tlsa(3, 1, 1, spki_sha256(_load(cert)))],
         })
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         yield self.delivered(queue_id)
         [failed] = self.logged("result=deferred")
         self.assertIn("mx.example.org[127.0.0.1]", failed)
@@ -225,9 +224,7 @@ class DANEEndEntity(DANECase):
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, b"\x01" * 32)],
                        extra={"_smtp._tls.example.org": [txt("v=TLSRPTv1; rua=mailto:tlsrpt@example.org")]})
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         recipient = yield self.wait_deferred(queue_id)
         self.assertIn("TLS-RPT: mailto:tlsrpt@example.org", recipient["error"])
         self.assertTrue([line for line in self.logged("result=deferred") if "TLS-RPT: mailto:tlsrpt@example.org" in line])
@@ -240,9 +237,7 @@ class DANEInsecure(DANECase):
     def test_no_ad_bit_delivers_opportunistically(self):
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, b"\x01" * 32)], authenticated=False)
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
         self.assertTrue(self.logged("the MX answer is not DNSSEC-authenticated"))
@@ -253,18 +248,8 @@ class DANEInsecure(DANECase):
         self.start_dns([tlsa(3, 1, 1, b"\x01" * 32)])
         # The MX answer is authenticated, the TLSA answer is not (a child
         # zone that is not signed).
-        original = self.dns.factory._responseFromMessage
-
-        def unsigned_tlsa(message, *args, **kwargs):
-            response = original(message, *args, **kwargs)
-            if message.queries and message.queries[0].type == 52:
-                response.authenticData = 0
-            return response
-
-        self.dns.factory._responseFromMessage = unsigned_tlsa
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        self.unsign(52)
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
         self.assertTrue(self.logged("no authenticated TLSA records; no DANE"))
@@ -274,18 +259,8 @@ class DANEInsecure(DANECase):
         # RFC 7672 2.2.2: the MX host's A records come from an unsigned zone.
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, b"\x01" * 32)])
-        original = self.dns.factory._responseFromMessage
-
-        def unsigned_address(message, *args, **kwargs):
-            response = original(message, *args, **kwargs)
-            if message.queries and message.queries[0].type == dns.A:
-                response.authenticData = 0
-            return response
-
-        self.dns.factory._responseFromMessage = unsigned_address
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        self.unsign(dns.A)
+        queue_id = yield self.relay_one(cert, key)
         yield self.delivered(queue_id)
         self.assertTrue(self.logged("the address records are not authenticated; no DANE"))
 
@@ -293,9 +268,7 @@ class DANEInsecure(DANECase):
     def test_validating_false_never_believes_the_ad_bit(self):
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, b"\x01" * 32)])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port, validating=False)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key, validating=False)
         yield self.delivered(queue_id)
         self.assertNotIn((TLSA_NAME, 52), self.dns.queries)
 
@@ -314,9 +287,7 @@ class DANETrustAnchor(DANECase):
     def test_usage_2_delivers_with_a_chain_up_to_the_matched_ca(self):
         cert, key = self.issue(chain=True)
         self.start_dns([tlsa(2, 0, 1, cert_sha256(self.ca.cert))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
 
@@ -325,9 +296,7 @@ class DANETrustAnchor(DANECase):
         # RFC 7672 3.2.2: under DANE-TA the certificate must name the MX host (or the domain).
         cert, key = self.issue("mail.example.net", chain=True)
         self.start_dns([tlsa(2, 1, 1, spki_sha256(self.ca.cert))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         recipient = yield self.wait_deferred(queue_id)
         self.assertEqual(messages_in(self.b, "bob@example.org"), [])
         self.assertIn("mail.example.net", recipient["error"])
@@ -336,9 +305,7 @@ class DANETrustAnchor(DANECase):
     def test_usage_2_needs_the_ca_in_the_chain(self):
         cert, key = self.issue(chain=False)
         self.start_dns([tlsa(2, 0, 1, cert_sha256(self.ca.cert))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         recipient = yield self.wait_deferred(queue_id)
         self.assertEqual(messages_in(self.b, "bob@example.org"), [])
         self.assertIn("4.7.5 DANE", recipient["error"])
@@ -374,9 +341,7 @@ class DANEBadRecords(DANECase):
     def test_only_unusable_records_deliver_over_unchecked_tls(self):
         cert, key = self.issue("anything.example.net")
         self.start_dns(self.MALFORMED)
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
 
@@ -384,9 +349,7 @@ class DANEBadRecords(DANECase):
     def test_a_usable_record_among_malformed_ones_is_used(self):
         cert, key = self.issue()
         self.start_dns(self.MALFORMED + [tlsa(3, 1, 1, spki_sha256(_load(cert)))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key)
         yield self.delivered(queue_id)
 
     @defer.inlineCallbacks
@@ -412,9 +375,7 @@ class DANEAndMTASTS(DANECase):
         self.start_dns([tlsa(3, 1, 1, spki_sha256(_load(cert)))],
                        extra={"_mta-sts.example.org": [txt("v=STSv1; id=1")]})
         policy, policy_port = start_policy_host(self, self.ca, ENFORCE)
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port, mta_sts=True, policy_port=policy_port)
-        queue_id = yield self.send()
+        queue_id = yield self.relay_one(cert, key, mta_sts=True, policy_port=policy_port)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
 
@@ -441,9 +402,7 @@ class DANEAndREQUIRETLS(DANECase):
         # RFC 8689 4.2: DANE authenticates the next hop as MTA-STS would.
         cert, key = self.issue()
         self.start_dns([tlsa(3, 1, 1, spki_sha256(_load(cert)))])
-        mx_port = yield self.start_receiver(cert, key)
-        yield self.start_sender(mx_port)
-        queue_id = yield self.send(require_tls=True)
+        queue_id = yield self.relay_one(cert, key, require_tls=True)
         data = yield self.delivered(queue_id)
         self.assertIn(b"with ESMTPS", data)
 

@@ -142,7 +142,25 @@ def set_txt(dns_server, name, text):
             authority.records[key] = [r for r in authority.records[key] if not isinstance(r, dns.Record_TXT)] + [txt(text)]
 
 
-class MTASTSCase(unittest.TestCase):
+class RelayedMessages:
+    """Messages from alice@example.test to bob@example.org through the relay queue of the server `self.a`."""
+
+    def send(self, subject="x", require_tls=False, header=""):
+        message = f"From: alice@example.test\nTo: bob@example.org\nSubject: {subject}\n{header}\nbody\n".encode()
+        envelope = Envelope("alice@example.test", require_tls=require_tls)
+        return queue_of(self.a).enqueue(envelope, ["bob@example.org"], BytesSource(message))
+
+    def recipient(self, queue_id):
+        return queue_of(self.a).entries[queue_id].record["recipients"][0]
+
+    @defer.inlineCallbacks
+    def wait_deferred(self, queue_id):
+        queue = queue_of(self.a)
+        yield wait_for(lambda: self.recipient(queue_id)["state"] == "deferred" and not queue.entries[queue_id].busy)
+        return self.recipient(queue_id)
+
+
+class MTASTSCase(RelayedMessages, unittest.TestCase):
     """A (example.test) relays to example.org, whose MX is on loopback with the policy above."""
 
     def setUp(self):
@@ -183,21 +201,6 @@ class MTASTSCase(unittest.TestCase):
         self.a = DomainServer(self, "example.test", listeners=("submission",), extra=extra)
         yield self.a.start(users=ALICE)
         return queue_of(self.a)
-
-    def send(self, subject="x", require_tls=False, header=""):
-        message = f"From: alice@example.test\nTo: bob@example.org\nSubject: {subject}\n{header}\nbody\n".encode()
-        envelope = Envelope("alice@example.test", require_tls=require_tls)
-        return queue_of(self.a).enqueue(envelope, ["bob@example.org"], BytesSource(message))
-
-    def recipient(self, queue_id):
-        return queue_of(self.a).entries[queue_id].record["recipients"][0]
-
-    @defer.inlineCallbacks
-    def wait_deferred(self, queue_id):
-        queue = queue_of(self.a)
-        yield wait_for(lambda: self.recipient(queue_id)["state"] == "deferred" and not queue.entries[queue_id].busy)
-        return self.recipient(queue_id)
-
 
 
 class MTASTSDelivery(MTASTSCase):

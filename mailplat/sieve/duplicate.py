@@ -10,10 +10,10 @@ keeps the message anyway.
 """
 
 import hashlib
-import json
 import os
 import time
 
+from mailplat.sieve import memory
 from mailplat.sieve.engine import extension, test
 
 extension("duplicate")
@@ -57,23 +57,11 @@ class Tracker:
     def seen(self, handle, ident, seconds, last):
         now = self.clock()
         key = hashlib.sha256(f"{handle}\0{ident}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
+        data = memory.load(self.path)
         when = data.get(key)
         duplicate = isinstance(when, (int, float)) and now - when < seconds
         # RFC 7352 3.3: :last renews the period on every sighting; otherwise it runs from the first.
         if not duplicate or last:
             data[key] = now
-            if len(data) > ENTRIES:
-                data = dict(sorted(data.items(), key=lambda kv: kv[1])[-ENTRIES:])
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
+            memory.save(self.path, data, ENTRIES)
         return duplicate

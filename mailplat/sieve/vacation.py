@@ -12,10 +12,10 @@ the null envelope sender through the relay queue.
 
 import email.utils
 import hashlib
-import json
 import os
 import time
 
+from mailplat.sieve import memory
 from mailplat.sieve.core import Action
 from mailplat.sieve.engine import command, extension
 from mailplat.sieve.message import decode_words
@@ -124,12 +124,7 @@ class Memory:
         self.path = os.path.join(home, ".vacation.json")
 
     def _load(self):
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return memory.load(self.path)
 
     def due(self, sender, vacation, now=None):
         """True (and remembered) when `sender` has not had this reply within its period."""
@@ -140,13 +135,7 @@ class Memory:
         if isinstance(last, (int, float)) and vacation.seconds and now - last < vacation.seconds:
             return False
         data[key] = now
-        if len(data) > MEMORY_ENTRIES:
-            data = dict(sorted(data.items(), key=lambda kv: kv[1])[-MEMORY_ENTRIES:])
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        memory.save(self.path, data, MEMORY_ENTRIES)
         return True
 
 

@@ -363,6 +363,8 @@ class IMessageInfo(Interface):
     internaldate = Attribute("Arrival time, seconds since the epoch (float).")
     # Only in folders that provide IModSeqFolder (added in a later version):
     # modseq = the message's mod-sequence (int >= 1, RFC 7162 3.1).
+    # Optional too: savedate = when the message was saved in this folder
+    # (seconds since the epoch, RFC 8514), None or absent where not kept.
 
 
 class FolderEvent:

@@ -117,6 +117,9 @@ def parse_items(raw):
     if any(c < 0x20 or c > 0x7E for c in raw):
         # RFC 3501 9: every FETCH item, header field names included, is 7-bit text.
         raise BadCommand("FETCH items must be 7-bit text")
+    raw, savedate = _take_savedate(raw)
+    if savedate and raw.strip(b"() ") == b"":
+        return [Item("savedate")]  # SAVEDATE alone, or in a list of its own
     binary_kinds = _binary_kinds(raw)
     if binary_kinds:
         raw = _BINARY.sub(_as_body, raw)
@@ -139,7 +142,7 @@ def parse_items(raw):
     # Twisted's parser upper-cases HEADER.FIELDS names; answer with the
     # names as the client wrote them (RFC 3501 7.4.2 echoes the section).
     original = [m.group(1).split() for m in _FIELD_LISTS.finditer(raw)]
-    items = []
+    items = [Item("savedate")] if savedate else []
     for r in parser.result:
         kind = _SIMPLE.get(type(r))
         if kind is not None:
@@ -191,6 +194,31 @@ def parse_items(raw):
         items.append(Item("section", part, section, fields, negate, bool(r.peek), start, length))
     # RFC 3501 6.4.8: UID FETCH always answers with UID; added by the caller.
     return items
+
+
+_SAVEDATE = re.compile(rb"(?<![^ (])SAVEDATE(?![^ )])", re.IGNORECASE)
+
+
+def _take_savedate(raw):
+    """
+    RFC 8514 3: the SAVEDATE item, which Twisted's parser does not know,
+    taken out of the items text (not inside a section's brackets, where it
+    would be a header field name) -> (the rest, whether it was there).
+    """
+    found = False
+    out, last = [], 0
+    for m in _SAVEDATE.finditer(raw):
+        before = raw[: m.start()]
+        if before.count(b"[") != before.count(b"]"):
+            continue
+        found = True
+        out.append(raw[last : m.start()])
+        last = m.end()
+    if not found:
+        return raw, False
+    out.append(raw[last:])
+    rest = b" ".join(b"".join(out).split()).replace(b"( ", b"(").replace(b" )", b")")
+    return rest, True
 
 
 def _binary_kinds(raw):

@@ -18,7 +18,7 @@ from twisted.mail import imap4
 from mailplat.imap import condstore, fetch, mime, quota, urls
 from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
-from mailplat.store.boundary import RefusedName
+from mailplat.store.boundary import FolderExists, RefusedName
 from mailplat.store.source import BytesSource
 
 log = Logger()
@@ -27,6 +27,8 @@ STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN")
 # RFC 9208 4.2 (QUOTA): what an EXPUNGE would give back (mailplat.imap.quota).
 STATUS_ITEMS += (b"DELETED", b"DELETED-STORAGE")
 STATUS_ITEMS += (b"HIGHESTMODSEQ",)  # RFC 7162 3.1.7 (mailplat.imap.condstore)
+STATUS_ITEMS += (b"APPENDLIMIT",)  # RFC 7889 3: [limits] message_size, the same for every mailbox
+STATUS_ITEMS += (b"SIZE",)  # RFC 8438 2: the sum of RFC822.SIZE, from the index (IMessageInfo.size)
 _DATE_TIME = re.compile(
     rb"^([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)$"
 )
@@ -64,8 +66,11 @@ def _status_items(reader):
     return items
 
 
-def _status_response(name, folder, msgs, items):
-    """The untagged STATUS response (without '* ') for a synced folder."""
+def _status_response(name, folder, msgs, items, appendlimit=None):
+    """
+    The untagged STATUS response (without '* ') for a synced folder;
+    `appendlimit` the largest APPEND the folder takes (RFC 7889 3), None for NIL.
+    """
     values = {
         b"MESSAGES": len(msgs),
         # RFC 3501 6.3.10: counted, not claimed.
@@ -77,7 +82,14 @@ def _status_response(name, folder, msgs, items):
     }
     if b"DELETED" in items or b"DELETED-STORAGE" in items:
         values.update(quota.deleted_status(msgs))
-    body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
+    if b"SIZE" in items:
+        # RFC 8438 2: the total size of the mailbox in octets; the index's
+        # RFC822.SIZE of each message, no message file is read.
+        values[b"SIZE"] = sum(m.size for m in msgs)
+    if b"APPENDLIMIT" in items:
+        values[b"APPENDLIMIT"] = b"NIL" if appendlimit is None else b"%d" % appendlimit
+    body = b" ".join(b"%s %s" % (i, values[i]) if isinstance(values[i], bytes) else b"%s %d" % (i, values[i])
+                     for i in items)
     return b"STATUS " + encode_mailbox(name) + b" (" + body + b")"
 
 
@@ -358,6 +370,8 @@ class MailboxCommands:
 
         def refused(failure):
             failure.trap(ValueError, KeyError)
+            if failure.check(FolderExists):
+                return self.no(tag, f"[ALREADYEXISTS] {failure.value}")  # RFC 5530 3
             self.no(tag, f"[CANNOT] {failure.value}")
 
         return d.addCallbacks(lambda _: self._mailbox_done(tag, "CREATE", name), refused)
@@ -394,6 +408,8 @@ class MailboxCommands:
             if failure.check(KeyError) and not failure.check(RefusedName):
                 return self.no(tag, "[NONEXISTENT] no such mailbox")
             failure.trap(ValueError)
+            if failure.check(FolderExists):
+                return self.no(tag, f"[ALREADYEXISTS] {failure.value}")  # RFC 5530 3: the new name exists
             self.no(tag, f"[CANNOT] {failure.value}")
 
         return d.addCallbacks(lambda _: self._mailbox_done(tag, "RENAME", new, old), refused)
@@ -596,7 +612,7 @@ class MailboxCommands:
                 try:
                     folder = yield defer.maybeDeferred(self.account.folder, name)
                     msgs = yield defer.maybeDeferred(folder.sync)
-                    status = _status_response(name, folder, msgs, items)
+                    status = _status_response(name, folder, msgs, items, self.factory.limits["message_size"])
                 except KeyError:
                     attrs = attrs | {"\\Noselect"}
                 except Exception:
@@ -621,7 +637,7 @@ class MailboxCommands:
 
         def answer(result):
             folder, msgs = result
-            self.untagged(_status_response(name, folder, msgs, items))
+            self.untagged(_status_response(name, folder, msgs, items, self.factory.limits["message_size"]))
             self.ok(tag, "STATUS completed")
 
         def missing(failure):

@@ -24,20 +24,6 @@ CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
 SEEN = frozenset(["\\Seen"])
 
 
-def _compact(uids):
-    """[1,2,3,7] -> b'1:3,7' (RFC 4315 uid-set)."""
-    out = []
-    uids = list(uids)
-    i = 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
-        i = j + 1
-    return b",".join(out)
-
-
 def _read_header(f):
     """A message's first bytes, up to at least the blank line that ends its header (or all of it)."""
     data = f.read(8192)
@@ -222,8 +208,8 @@ class MessageCommands:
             pairs = sorted(pairs)
             code = b"COPYUID %d %s %s" % (
                 target.uidvalidity,
-                _compact([s for s, _ in pairs]),
-                _compact([n for _, n in pairs]),
+                esearch.compact([s for s, _ in pairs]),
+                esearch.compact([n for _, n in pairs]),
             ) if pairs else b""
             if move:
                 # RFC 6851 4.3: COPYUID untagged, then the EXPUNGEs.
@@ -500,6 +486,10 @@ class MessageCommands:
                 parts.append(b'INTERNALDATE "' + fetch.internaldate(info.internaldate) + b'"')
             elif kind == "rfc822.size":
                 parts.append(b"RFC822.SIZE %d" % info.size)
+            elif kind == "savedate":
+                # RFC 8514 3: NIL where the store keeps no save date (mbox; see search.saved_day).
+                saved = getattr(info, "savedate", None)
+                parts.append(b"SAVEDATE NIL" if saved is None else b'SAVEDATE "' + fetch.internaldate(saved) + b'"')
             elif kind == "envelope":
                 parts.append(b"ENVELOPE " + _wire(env))
             elif kind == "bodystructure":

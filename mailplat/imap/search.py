@@ -93,6 +93,10 @@ class Query:
         self.depth = 0
         self.saved = frozenset()  # the UIDs `$` stands for (RFC 5182), set by the session
         self.uses_modseq = False  # RFC 7162 3.1.5: a MODSEQ key (the answer ends with (MODSEQ n))
+        # RFC 5032 (WITHIN): OLDER / YOUNGER count back from the time the
+        # command came. A CONTEXT=SEARCH result updated later (RFC 5267 4)
+        # keeps that time: a message is not dropped just for growing older.
+        self.now = time.time()
         self.tree = self._keys()
 
     def _keys(self):
@@ -168,9 +172,19 @@ class Query:
             return (key.lower(), self._string())
         if key in ("BEFORE", "ON", "SINCE"):
             return ("date", key, self._date())
+        if key in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+            return ("saved", key[5:], self._date())  # RFC 8514 4
+        if key == "SAVEDATESUPPORTED":
+            return ("savedatesupported",)  # RFC 8514 4
         if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             self.needs_file = True
             return ("sent", key[4:], self._date())
+        if key in ("OLDER", "YOUNGER"):
+            # RFC 5032 3: OLDER / YOUNGER nz-number, seconds against INTERNALDATE.
+            seconds = self._number()
+            if seconds < 1:
+                raise BadCommand(f"{key} needs a number of seconds above 0")
+            return ("within", key, seconds)
         if key == "LARGER":
             return ("larger", self._number())
         if key == "SMALLER":
@@ -229,12 +243,21 @@ class Query:
             return self._eval(node[1], ctx) or self._eval(node[2], ctx)
         if kind == "modseq":
             return getattr(ctx.info, "modseq", 0) >= node[1]
+        if kind == "within":
+            # RFC 5032 3, as Dovecot counts: at exactly n seconds old a
+            # message is both OLDER n and YOUNGER n.
+            age = self.now - ctx.info.internaldate
+            return age >= node[2] if node[1] == "OLDER" else age <= node[2]
         if kind == "larger":
             return ctx.info.size > node[1]
         if kind == "smaller":
             return ctx.info.size < node[1]
         if kind == "date":
             return _compare(_day(ctx.info.internaldate), node[1], node[2])
+        if kind == "saved":
+            return _compare(_day(saved_date(ctx.info)), node[1], node[2])
+        if kind == "savedatesupported":
+            return getattr(ctx.info, "savedate", None) is not None
         if kind == "sent":
             day = _sent_day(ctx)
             return day is not None and _compare(day, node[1], node[2])
@@ -261,6 +284,16 @@ class Query:
                 ctx.message.header.decode("utf-8", "surrogateescape")
             )
         raise AssertionError(kind)
+
+
+def saved_date(info):
+    """
+    RFC 8514 4: the save date for SAVEDBEFORE / SAVEDON / SAVEDSINCE; where
+    the store keeps none (the mbox store: its IMessageInfo has no
+    `savedate`; FETCH SAVEDATE is NIL there) the INTERNALDATE stands in.
+    """
+    saved = getattr(info, "savedate", None)
+    return info.internaldate if saved is None else saved
 
 
 def _compare(day, op, target):

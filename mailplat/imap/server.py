@@ -68,6 +68,11 @@ MAX_ERRORS = 50  # consecutive BADs before the server gives up
 
 CAPABILITIES = [
     b"IMAP4rev1",
+    # RFC 7888 3: non-synchronizing literals of any size (up to our limits,
+    # MAX_LITERAL and [limits] message_size for APPEND). Not LITERAL- as well:
+    # RFC 7888 5 says a server MUST NOT advertise both, and LITERAL+ already
+    # allows all that LITERAL- does (its 4096-octet cap is for clients).
+    # RFC 5530 (response codes) has no capability: its codes are in the NOs.
     b"LITERAL+",
     b"SASL-IR",
     b"ID",
@@ -96,6 +101,13 @@ CAPABILITIES = [
     b"LIST-EXTENDED",  # RFC 5258 3: selection and return options, several patterns
     b"CONDSTORE",  # RFC 7162 3.1: MODSEQ, CHANGEDSINCE, UNCHANGEDSINCE, HIGHESTMODSEQ (L{mailplat.imap.condstore})
     b"QRESYNC",  # RFC 7162 3.2: SELECT (QRESYNC ...), VANISHED
+    b"STATUS=SIZE",  # RFC 8438 2: STATUS (SIZE), the sum of RFC822.SIZE from the index
+    b"WITHIN",  # RFC 5032 3: SEARCH OLDER n / YOUNGER n (seconds, INTERNALDATE; L{mailplat.imap.search})
+    # RFC 8514 3, 4: FETCH SAVEDATE, SEARCH SAVEDBEFORE / SAVEDON / SAVEDSINCE /
+    # SAVEDATESUPPORTED. Maildir: the time in the file's unique name
+    # (mailplat.store.maildir.names.saved_at); mbox keeps none: NIL, and the
+    # INTERNALDATE in the SAVED* keys (mailplat.imap.search.saved_date).
+    b"SAVEDATE",
     *QUOTA_CAPABILITIES,  # RFC 9208 3.1: QUOTA, QUOTA=RES-STORAGE, QUOTA=RES-MESSAGE (L{mailplat.imap.quota})
 ]
 # RFC 4467 URLAUTH (GENURLAUTH / RESETKEY / URLFETCH, INTERNAL mechanism;
@@ -276,6 +288,9 @@ class MailplatIMAP(
 
     def capability_list(self):
         caps = list(CAPABILITIES)
+        # RFC 7889 2: one limit for every mailbox, [limits] message_size (an
+        # APPEND over it gets NO [TOOBIG], L{_literal_limit}; STATUS APPENDLIMIT).
+        caps.append(b"APPENDLIMIT=%d" % self.factory.limits["message_size"])
         if ADVERTISE_URLAUTH:
             caps.append(b"URLAUTH")  # RFC 4467 2
             caps.append(b"URLAUTH=BINARY")  # RFC 5524: URLFETCH (url BINARY / BODYPARTSTRUCTURE / BODY)

@@ -11,6 +11,7 @@ EXPUNGE / EXISTS / FETCH responses when the RFC allows.
 from array import array
 from bisect import bisect_left
 
+from mailplat.imap.esearch import compact
 from mailplat.imap.fetch import flag_list
 from mailplat.imap.parser import parse_sequence_set
 
@@ -195,7 +196,7 @@ class SelectedFolder:
         gone = sorted((self.seq_of(u), u) for u in uids if self.seq_of(u) is not None)
         if gone and self.modseq_mode >= 2:
             # RFC 7162 3.2.10: after ENABLE QRESYNC, one VANISHED for them all.
-            out.append(b"* VANISHED " + _uid_set(sorted(u for _, u in gone)) + b"\r\n")
+            out.append(b"* VANISHED " + compact(sorted(u for _, u in gone)) + b"\r\n")
         for seq, uid in reversed(gone):
             if self.modseq_mode < 2:
                 out.append(b"* %d EXPUNGE\r\n" % seq)
@@ -234,15 +235,3 @@ def unclaimed(folder, uids):
 
 def _uid_of(info):
     return info.uid
-
-
-def _uid_set(uids):
-    """Ascending UIDs -> b'1:3,7'."""
-    out, i = [], 0
-    while i < len(uids):
-        j = i
-        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
-            j += 1
-        out.append(b"%d" % uids[i] if i == j else b"%d:%d" % (uids[i], uids[j]))
-        i = j + 1
-    return b",".join(out)

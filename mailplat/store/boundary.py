@@ -29,6 +29,14 @@ class RefusedName(KeyError, ValueError):
         return self.why
 
 
+class FolderExists(ValueError):
+    """
+    CREATE or RENAME onto a name that is already a folder: a ValueError (the
+    stores' old contract), told apart so that IMAP answers [ALREADYEXISTS]
+    (RFC 5530 3) rather than [CANNOT].
+    """
+
+
 # RFC 3501 9: a mailbox name is an astring, CR and LF only in a literal; a
 # name that holds them, NUL or another control can't be a file name or a
 # line of the subscriptions file.

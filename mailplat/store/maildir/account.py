@@ -259,13 +259,13 @@ class MaildirAccount:
 
         def run():
             if os.path.isdir(layout.resolve(root, name)):
-                raise ValueError(f"folder exists: {name}")
+                raise boundary.FolderExists(f"folder exists: {name}")
             # RFC 3501 6.3.3: create the superiors a name needs.
             for parent in layout.parents(name):
                 if not layout.is_inbox(parent):
                     make_folder(root, parent)
             if not make_folder(root, name):
-                raise ValueError(f"folder exists: {name}")
+                raise boundary.FolderExists(f"folder exists: {name}")
             if attribute:
                 self._update_special(lambda m: m.__setitem__(name, attribute))
 
@@ -348,7 +348,7 @@ class MaildirAccount:
             moves = plan()
             for _, renamed, _, target in moves:
                 if os.path.exists(target):
-                    raise ValueError(f"folder exists: {renamed}")
+                    raise boundary.FolderExists(f"folder exists: {renamed}")
             for parent in layout.parents(new):
                 if not layout.is_inbox(parent):
                     make_folder(root, parent)
@@ -379,7 +379,7 @@ class MaildirAccount:
 
         def make():
             if os.path.isdir(layout.resolve(root, new)):
-                raise ValueError(f"folder exists: {new}")
+                raise boundary.FolderExists(f"folder exists: {new}")
             for parent in layout.parents(new):
                 if not layout.is_inbox(parent):
                     make_folder(root, parent)

@@ -44,6 +44,26 @@ def unique_name(now=None):
     return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{HOST}"
 
 
+_SAVED_AT = re.compile(r"(\d{1,12})(?:\.M(\d{1,6})P|\.)")
+
+
+def saved_at(key):
+    """
+    RFC 8514 save date of a maildir message: the time its unique name was
+    made (L{unique_name}: seconds, M and microseconds), when this file was
+    put in this folder. mailplat names a new file on every delivery,
+    APPEND, COPY and MOVE (a MOVE renames to a new name too), so the name
+    is the save date, kept with the file and never changed after: not the
+    mtime (the INTERNALDATE, which COPY keeps) nor the ctime (changed by
+    each rename a flag change makes). None for a name without a leading
+    time (not a maildir unique name).
+    """
+    m = _SAVED_AT.match(key)
+    if m is None:
+        return None
+    return int(m.group(1)) + (int(m.group(2)) / 1_000_000 if m.group(2) else 0)
+
+
 def with_sizes(base, size, vsize):
     return f"{base},S={size},W={vsize}"
 

@@ -66,6 +66,11 @@ class MessageInfo:
         kept = self.modseq if flags == self.flags else 0
         return MessageInfo(self.uid, self.key, self.size, flags, self.internaldate, subdir, filename, extra, kept)
 
+    @property
+    def savedate(self):
+        """RFC 8514: when the file was saved in this folder, from its unique name (L{names.saved_at})."""
+        return names.saved_at(self.key)
+
     def __repr__(self):
         return f"<MessageInfo {self.uid} {self.subdir}/{self.filename}>"
 

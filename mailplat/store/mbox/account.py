@@ -390,7 +390,7 @@ class MboxAccount:
         def run():
             self._locate(name)
             if not make_folder(root, name):
-                raise ValueError(f"folder exists: {name}")
+                raise boundary.FolderExists(f"folder exists: {name}")
             if attribute:
                 _update(root, SPECIAL_USE_FILE, lambda r: read_special_use(r) or {}, _write_special,
                         lambda m: dict(m, **{name: attribute}))
@@ -463,7 +463,7 @@ class MboxAccount:
             if new == old or new.startswith(old + SEPARATOR):
                 raise ValueError(f"can't rename {old} into itself")
             if os.path.exists(target) or os.path.exists(target + CHILDREN):
-                raise ValueError(f"folder exists: {new}")
+                raise boundary.FolderExists(f"folder exists: {new}")
             os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
             lock = locking.acquire_dotlock(source, self.store.lock_timeout) if os.path.isfile(source) else None
             try:
@@ -505,7 +505,7 @@ class MboxAccount:
         def make():
             self._locate(new)
             if not make_folder(root, new):
-                raise ValueError(f"folder exists: {new}")
+                raise boundary.FolderExists(f"folder exists: {new}")
 
         yield threads.deferToThread(make)
         inbox = yield self.folder(INBOX)

@@ -123,3 +123,43 @@ class FolderViewMixin:
         # messages are those from _first_recent on, the tail of the view.
         msgs = self._msgs
         return len(msgs) - bisect_left(msgs, self._first_recent, key=uid_of)
+
+
+HELD = 256  # changed folders nobody watches kept for their index to be written; more are written at once
+
+
+class HeldFolders:
+    """
+    A store's care for folders nobody watches (both stores mix it in):
+    one that changed is kept until its index is written, so that its
+    mod-sequences survive the folder being dropped. The store keeps
+    `_held` (an ordered dict), `_watched` and `_poller`.
+    """
+
+    def _unwatch(self, folder):
+        self._watched.discard(folder)
+        if not self._watched and self._poller is not None:
+            poller, self._poller = self._poller, None
+            if poller.running:
+                poller.stop()
+
+    def _hold(self, folder):
+        """
+        A folder nobody watches changed (FolderViewMixin._settle): keep it
+        until its index is written, at the next poll or folder opened after
+        INDEX_DELAY (or at close), so that its mod-sequences are kept.
+        """
+        self._held.pop(folder, None)
+        self._held[folder] = None
+        while len(self._held) > HELD:
+            oldest = next(iter(self._held))
+            del self._held[oldest]
+            oldest.flush()
+
+    def _flush_held(self):
+        for folder in list(self._held):
+            if folder._gone or folder._subscribers or not (folder._index_dirty or folder._cache_pending):
+                del self._held[folder]  # the poller or the last session's flush writes a watched one
+            elif folder.flush_due():
+                del self._held[folder]
+                folder.flush()

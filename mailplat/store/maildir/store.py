@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from mailplat.interfaces import IFolderStore, PermanentFailure
 from mailplat.store import boundary
+from mailplat.store.folderview import HeldFolders
 from mailplat.store.maildir import layout
 from mailplat.store.maildir.account import MaildirAccount, set_up
 from mailplat.store.maildir.deliver import ensure_maildir, write_message
@@ -30,7 +31,6 @@ log = Logger()
 # Folders checked in the reactor thread per poll; more go to a thread.
 INLINE_CHECKS = 64
 # Changed folders nobody watches kept for their index to be written (_hold); more are written at once.
-HELD = 256
 
 
 def expand(template, address):
@@ -70,7 +70,7 @@ def folder_dir(root, name):
 
 
 @implementer(IFolderStore)
-class MaildirStore:
+class MaildirStore(HeldFolders):
     """Users' mail in maildirs under a path template."""
 
     def __init__(self, path_template, poll_interval=1.0, clock=None):
@@ -239,34 +239,6 @@ class MaildirStore:
             self._poller.start(self.poll_interval, now=False).addErrback(
                 lambda f: log.failure("folder poller stopped", f)
             )
-
-    def _unwatch(self, folder):
-        self._watched.discard(folder)
-        if not self._watched and self._poller is not None:
-            poller, self._poller = self._poller, None
-            if poller.running:
-                poller.stop()
-
-    def _hold(self, folder):
-        """
-        A folder nobody watches changed (FolderViewMixin._settle): keep it
-        until its index is written, at the next poll or folder opened after
-        INDEX_DELAY (or at close), so that its mod-sequences are kept.
-        """
-        self._held.pop(folder, None)
-        self._held[folder] = None
-        while len(self._held) > HELD:
-            oldest = next(iter(self._held))
-            del self._held[oldest]
-            oldest.flush()
-
-    def _flush_held(self):
-        for folder in list(self._held):
-            if folder._gone or folder.watched or not (folder._index_dirty or folder._cache_pending):
-                del self._held[folder]  # the poller or the last session's flush writes a watched one
-            elif folder.flush_due():
-                del self._held[folder]
-                folder.flush()
 
     def _poll(self):
         """Sync the watched folders that changed on disk (outside writers)."""

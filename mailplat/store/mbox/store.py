@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from mailplat.interfaces import IFolderStore, PermanentFailure, TemporaryFailure
 from mailplat.store import boundary
+from mailplat.store.folderview import HeldFolders
 from mailplat.store.maildir.store import expand
 from mailplat.store.mbox import account as accounts
 from mailplat.store.mbox import index, locking
@@ -30,11 +31,10 @@ from mailplat.store.mbox.maildrop import MboxPOP3Folder
 log = Logger()
 
 KEEP_OPEN = 64  # folders kept loaded after their last user
-HELD = 256  # changed folders nobody watches kept for their index to be written (_hold); more are written at once
 
 
 @implementer(IFolderStore)
-class MboxStore:
+class MboxStore(HeldFolders):
     """Users' mail in mbox files under a path template."""
 
     def __init__(self, path_template, inbox_template=None, poll_interval=1.0,
@@ -227,34 +227,6 @@ class MboxStore:
             self._poller.start(self.poll_interval, now=False).addErrback(
                 lambda f: log.failure("folder poller stopped", f)
             )
-
-    def _unwatch(self, folder):
-        self._watched.discard(folder)
-        if not self._watched and self._poller is not None:
-            poller, self._poller = self._poller, None
-            if poller.running:
-                poller.stop()
-
-    def _hold(self, folder):
-        """
-        A folder nobody watches changed (FolderViewMixin._settle): keep it
-        until its index is written, at the next poll or folder opened after
-        INDEX_DELAY (or at close), so that its mod-sequences are kept.
-        """
-        self._held.pop(folder, None)
-        self._held[folder] = None
-        while len(self._held) > HELD:
-            oldest = next(iter(self._held))
-            del self._held[oldest]
-            oldest.flush()
-
-    def _flush_held(self):
-        for folder in list(self._held):
-            if folder._gone or folder._subscribers or not (folder._index_dirty or folder._cache_pending):
-                del self._held[folder]  # the poller or the last session's flush writes a watched one
-            elif folder.flush_due():
-                del self._held[folder]
-                folder.flush()
 
     def _poll(self):
         """Sync the watched folders whose file changed (mail from other programs)."""

@@ -37,7 +37,26 @@ STAGES = ("connect", "helo", "mail", "rcpt", "data")
 ON_ERROR = ("tempfail", "continue")
 DEFAULT_TIMEOUT = 30
 
-__all__ = ["Check", "CheckSession", "CheckUnavailable", "EnabledCheck", "Verdict", "STAGES", "load", "run_stage"]
+__all__ = [
+    "Check", "CheckSession", "CheckUnavailable", "EnabledCheck", "Verdict", "STAGES", "load", "record_score", "run_stage",
+]
+
+SCORE_KINDS = ("spam", "virus")
+
+
+def record_score(envelope, kind, score, threshold):
+    """
+    Note a filter's score on the envelope at end of data, so later stages
+    (Sieve's spamtest/virustest, RFC 5235) use the filter's judgement
+    rather than recomputing it. C{envelope.scores[kind]} is C{(score,
+    threshold)}; a later check's score for the same kind replaces it.
+    """
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"unknown score kind {kind!r}; known: {', '.join(SCORE_KINDS)}")
+    scores = getattr(envelope, "scores", None)
+    if scores is None:
+        scores = envelope.scores = {}
+    scores[kind] = (float(score), float(threshold))
 
 
 class CheckUnavailable(Exception):

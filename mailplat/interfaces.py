@@ -620,6 +620,9 @@ class Envelope:
         self.queue_id = None
         # RFC 1870: MAIL FROM's SIZE= (octets) when the client gave it, else None.
         self.size_hint = None
+        # Filters' scores at end of data, {"spam"|"virus": (score, threshold)},
+        # noted by mailplat.checks.record_score for Sieve's spamtest/virustest.
+        self.scores = {}
 
     def __repr__(self):
         return f"<Envelope from={self.sender!r} via={self.protocol}>"

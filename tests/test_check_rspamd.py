@@ -228,6 +228,12 @@ class Actions(unittest.TestCase):
         self.assertIn("X-Spam-Symbols: MIME_GOOD\n", fields)
 
     @defer.inlineCallbacks
+    def test_the_score_is_kept_for_sieve_spamtest(self):
+        fake = start_fake(self, ANSWER)
+        _, envelope = yield scan(build(fake.url))
+        self.assertEqual(envelope.scores, {"spam": (1.5, 15.0)})
+
+    @defer.inlineCallbacks
     def test_reject_is_550(self):
         fake = start_fake(self, dict(ANSWER, action="reject", messages={"smtp_message": "Gtube\r\npattern"}))
         verdict, _ = yield scan(build(fake.url))

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from mailplat.checks import Check, CheckUnavailable, Verdict
+from mailplat.checks import Check, CheckUnavailable, Verdict, record_score
 
 log = Logger(namespace="mailplat.plugins.rspamd")
 
@@ -129,6 +129,8 @@ class RspamdCheck(Check):
     def _verdict(self, envelope, answer, action, score, required):
         symbols = answer.get("symbols") if isinstance(answer.get("symbols"), dict) else {}
         spam = action not in ("no action",)
+        # For Sieve's spamtest (RFC 5235): rspamd's own score and threshold.
+        record_score(envelope, "spam", score, required)
         if self.headers:
             add_header(envelope, "X-Spam-Flag", "YES" if action in JUNK_ACTIONS + ("reject",) else "NO")
             add_header(envelope, "X-Spam-Score", f"{score:.2f} / {required:.2f}")

@@ -230,6 +230,70 @@ class DANEEndEntity(DANECase):
         self.assertTrue([line for line in self.logged("result=deferred") if "TLS-RPT: mailto:tlsrpt@example.org" in line])
 
 
+class DANEAlias(DANECase):
+    """An MX host that is a secure CNAME alias (RFC 7672 2.2.3): the expanded name's TLSA records first."""
+
+    TARGET = "real.example.org"
+
+    def start_alias_dns(self, at_target=(), at_alias=()):
+        extra = {MX: [dns.Record_CNAME(self.TARGET.encode())], self.TARGET: [dns.Record_A("127.0.0.1")]}
+        if at_target:
+            extra[f"_25._tcp.{self.TARGET}"] = list(at_target)
+        return self.start_dns(list(at_alias), extra=extra)
+
+    @defer.inlineCallbacks
+    def test_the_expanded_names_records_are_used(self):
+        cert, key = self.issue(self.TARGET)
+        self.start_alias_dns(at_target=[tlsa(3, 1, 1, spki_sha256(_load(cert)))])
+        queue_id = yield self.relay_one(cert, key)
+        data = yield self.delivered(queue_id)
+        self.assertIn(b"with ESMTPS", data)
+        self.assertTrue(self.logged(f"DANE: {MX}: an alias of {self.TARGET}, whose TLSA records are used"))
+        self.assertTrue(self.logged(f"DANE: example.org: MX {MX}: 1 usable TLSA record(s) (3 1 1)"))
+        self.assertIn((f"_25._tcp.{self.TARGET}", 52), self.dns.queries)
+
+    @defer.inlineCallbacks
+    def test_the_expanded_names_records_win_over_the_alias_records(self):
+        # A mismatching record at the expanded name is not bypassed by a
+        # matching one at the alias: the message waits.
+        cert, key = self.issue()
+        self.start_alias_dns(at_target=[tlsa(3, 1, 1, b"\x01" * 32)],
+                             at_alias=[tlsa(3, 1, 1, spki_sha256(_load(cert)))])
+        mx_port = yield self.start_receiver(cert, key)
+        queue = yield self.start_sender(mx_port)
+        queue_id = yield self.send()
+        recipient = yield self.wait_deferred(queue_id)
+        self.assertEqual(messages_in(self.b, "bob@example.org"), [])
+        self.assertIn("the certificate matches none of the 1 usable TLSA record(s)", recipient["error"])
+        self.assertIn(queue_id, queue.entries)
+
+    @defer.inlineCallbacks
+    def test_without_records_at_the_expanded_name_the_alias_records_hold(self):
+        cert, key = self.issue()
+        self.start_alias_dns(at_alias=[tlsa(3, 1, 1, b"\x01" * 32)])
+        mx_port = yield self.start_receiver(cert, key)
+        yield self.start_sender(mx_port)
+        queue_id = yield self.send()
+        recipient = yield self.wait_deferred(queue_id)
+        self.assertIn("4.7.5 DANE", recipient["error"])
+        self.assertEqual(messages_in(self.b, "bob@example.org"), [])
+
+    def test_the_expansion_follows_a_chain_and_stops_at_a_loop(self):
+        def answer(*pairs):
+            message = dns.Message()
+            message.answers = [dns.RRHeader(a, dns.CNAME, payload=dns.Record_CNAME(b)) for a, b in pairs]
+            return _Answer(message)
+
+        self.assertEqual(dane.cname_target(answer(("a.test", "b.test"), ("b.test", "c.test")), "a.test"), "c.test")
+        self.assertIsNone(dane.cname_target(answer(), "a.test"))
+        self.assertEqual(dane.cname_target(answer(("a.test", "b.test"), ("b.test", "a.test")), "a.test"), "a.test")
+
+
+class _Answer:
+    def __init__(self, message):
+        self.message = message
+
+
 class DANEInsecure(DANECase):
     """Without an authenticated answer, DANE does not apply: opportunistic TLS as before."""
 

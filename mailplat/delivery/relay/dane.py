@@ -268,23 +268,53 @@ def lookup_tlsa(resolver, host, port=25, names=None):
     return TLSAPolicy(host, records, unusable, names=names)
 
 
+def cname_target(answer, host):
+    """
+    The fully expanded name of `host` by the CNAME records in the answer
+    `message` of its A lookup (RFC 7672 2.2.3), or None when `host` is no
+    alias. A loop in the chain ends the expansion where it was found.
+    """
+    aliases = {rr.name.name.lower(): rr.payload.name.name for rr in answer.message.answers if rr.type == dns.CNAME}
+    name, seen = host.encode("idna").lower() if isinstance(host, str) else host.lower(), set()
+    while name in aliases and name not in seen:
+        seen.add(name)
+        name = aliases[name].lower()
+    if not seen:
+        return None
+    return name.decode("idna").rstrip(".")
+
+
 @defer.inlineCallbacks
 def lookup_host(resolver, host, port=25, names=None):
     """
     L{lookup_tlsa}, beside the host's A lookup: TLSA records count only
     when the host's address records are authenticated too (RFC 7672
     2.2.2; an authenticated "no A record" counts). Same outcomes.
+
+    An MX host that is a secure CNAME alias (RFC 7672 2.2.3): the TLSA
+    records of the expanded name are tried first, then those of the MX
+    host name; the policy's host (the SNI name and the first reference
+    identifier) is the name whose records were found, and the original
+    MX host name stays a reference identifier.
     """
     address = resolver.lookup_secure(host, dns.A)
-    address.addCallbacks(lambda answer: answer.authenticated,
-                         lambda failure: bool(failure.check(error.DNSNameError) and getattr(failure.value, "authenticated", False)))
+    address.addCallbacks(lambda answer: (answer.authenticated, answer),
+                         lambda failure: (bool(failure.check(error.DNSNameError) and getattr(failure.value, "authenticated", False)), None))
     try:
         policy = yield lookup_tlsa(resolver, host, port, names)
     finally:
-        secure = yield address
-    if policy is not None and not secure:
-        log.info("DANE: {host}: TLSA records, but the address records are not authenticated; no DANE", host=host)
+        secure, answer = yield address
+    if not secure:
+        if policy is not None:
+            log.info("DANE: {host}: TLSA records, but the address records are not authenticated; no DANE", host=host)
         return None
+    target = cname_target(answer, host) if answer is not None else None
+    if target is not None and target.lower() != host.lower():
+        names = list(names or [host])
+        expanded = yield lookup_tlsa(resolver, target, port, [target] + [n for n in names if n.lower() != target.lower()])
+        if expanded is not None:
+            log.info("DANE: {host}: an alias of {target}, whose TLSA records are used", host=host, target=target)
+            return expanded
     return policy
 
 

@@ -304,6 +304,23 @@ def _age(seconds):
     return f"{secs}s"
 
 
+def _queue_records(config, control):
+    """The queued records: the spool's files, or the sql queue's table (`[relay] queue = "sql"`)."""
+    relay = config.relay or {}
+    if relay.get("queue") != "sql":
+        return control.records()
+    from mailplat.delivery.relay.sqlqueue import list_records
+
+    own = (config.raw.get("relay") or {}).get("sql") or {}
+    dsn = own.get("dsn") or (config.store.get("dsn") if config.store.get("backend") == "sql" else None)
+    if not dsn:
+        raise SystemExit("mailplat: relay.sql.dsn: the queue's PostgreSQL database is not configured")
+    try:
+        return list_records(dsn)
+    except Exception as e:
+        raise SystemExit(f"mailplat: cannot read the sql relay queue: {type(e).__name__}: {e}")
+
+
 def cmd_queue(config, args):
     """The relay queue: list it, or ask the running server to act (see docs/relay.md)."""
     import time
@@ -312,7 +329,7 @@ def cmd_queue(config, args):
 
     control = QueueControl(config.state_dir)
     if args.action == "list":
-        records = control.records()
+        records = _queue_records(config, control)
         now = time.time()
         for record in records:
             sender = record["sender"] or "<>"

@@ -325,14 +325,16 @@ def _add_queue_actions(control, relay):
 
     def queue_action(method):
         def run(id=""):
-            try:
-                return method(id), None
-            except KeyError as e:
-                raise control_channel.ActionError(f"no such message in the queue: {e.args[0]}")
+            def unknown(failure):
+                failure.trap(KeyError)
+                raise control_channel.ActionError(f"no such message in the queue: {failure.value.args[0]}")
+
+            # The spool answers at once; the sql queue (several nodes) with a Deferred.
+            return defer.maybeDeferred(method, id).addCallbacks(lambda message: (message, None), unknown)
 
         return run
 
-    control.add("queue.flush", lambda id="": (relay.flush(), None))
+    control.add("queue.flush", lambda id="": defer.maybeDeferred(relay.flush).addCallback(lambda message: (message, None)))
     control.add("queue.delete", queue_action(relay.delete))
     control.add("queue.bounce", queue_action(relay.bounce))
 

@@ -52,9 +52,12 @@ def read_trust_root(config, path):
     )
 
 
-def build(config, local_agent=None, resolver=None):
+def build(config, local_agent=None, resolver=None, make_queue=None):
     """
     The RelayQueue for `config` (None when [relay] is absent or off).
+
+    @param make_queue: what makes the queue from the parts built here
+        (default L{RelayQueue}; the sql queue passes its own).
 
     @param resolver: the server's shared resolver (L{mailplat.dns}); the MX
         and address lookups go to it unless `[relay] dns_servers` is set,
@@ -98,7 +101,7 @@ def build(config, local_agent=None, resolver=None):
         delay_warning=settings["delay_warning"],
     )
 
-    return RelayQueue(
+    return (make_queue or RelayQueue)(
         config.state_dir,
         config.hostname,
         config.local_domains,

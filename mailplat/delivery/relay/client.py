@@ -527,7 +527,8 @@ class ConnectionPool:
     def stop(self):
         """Close every connection; waiting jobs fail. Deferred fires when all are gone."""
         self.stopping = True
-        for state in self.destinations.values():
+        # A job finished here may drop its destination from the dict.
+        for state in list(self.destinations.values()):
             while state.pending:
                 state.pending.popleft()[1].finish((0, "4.3.2 mail system shutting down"))
             for client in list(state.connections):

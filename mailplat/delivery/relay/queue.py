@@ -201,7 +201,7 @@ class RelayQueue(service.Service):
         if not recipients:
             return defer.fail(PermanentFailure("no recipients", "5.5.1", 554))
         record = new_record(envelope, recipients, dsn=is_dsn)
-        d = threads.deferToThread(self.spool.create, record, source)
+        d = self._store_new(record, source)
 
         def stored(record):
             entry = Entry(record)
@@ -218,7 +218,7 @@ class RelayQueue(service.Service):
         def failed(failure):
             log.failure("relay queue: cannot store a message", failure)
             # Clean up what was half written; if that fails too, say so in the log.
-            threads.deferToThread(self.spool.remove, record["id"]).addErrback(
+            self._store_discard(record["id"]).addErrback(
                 lambda f: log.failure("relay queue: cannot remove a half-written message", f)
             )
             raise TemporaryFailure("cannot queue the message; try again later", "4.3.0")
@@ -415,9 +415,24 @@ class RelayQueue(service.Service):
         yield self._save_or_forget(entry)
 
     def _save_or_forget(self, entry):
+        """After an attempt: keep the record of a message still waiting, forget one that is done."""
         if entry.pending():
-            return self._write(entry, self.spool.save, entry.record)
+            return self._save(entry)
         return self._forget(entry)
+
+    # --- where records live (the spool on disk; L{SQLRelayQueue} overrides these) ---
+
+    def _store_new(self, record, source):
+        """Store a new message and its record durably: a Deferred of the completed record."""
+        return threads.deferToThread(self.spool.create, record, source)
+
+    def _store_discard(self, queue_id):
+        """Remove what a failed enqueue left."""
+        return threads.deferToThread(self.spool.remove, queue_id)
+
+    def _save(self, entry):
+        """The record of `entry` changed: write it."""
+        return self._write(entry, self.spool.save, entry.record)
 
     def _write(self, entry, fn, *args):
         """Writes of one record run one after another, in a thread."""
@@ -468,7 +483,7 @@ class RelayQueue(service.Service):
             return
         record["warned"] = True
         failed = [(r["address"], r.get("code", 0), r.get("reply") or "4.4.1 not delivered yet", r["destination"]) for r in late]
-        self._send_dsn(entry, failed, delayed=True).addCallback(lambda _: self._write(entry, self.spool.save, record))
+        self._send_dsn(entry, failed, delayed=True).addCallback(lambda _: self._save(entry))
 
     # --- operator actions ------------------------------------------------------------
 

@@ -76,6 +76,15 @@ class Spool:
         Store a new message and its record durably. Fills in the record's
         size, crlf_size (as SIZE counts it, RFC 1870), eight_bit and hops.
         """
+        self.copy_message(record, source, sync=True)
+        self._write_state(record, sync_dir=True)
+        return record
+
+    def copy_message(self, record, source, sync=True):
+        """
+        The message of `source` into its .eml file (fsync'd when `sync`),
+        and what the queue needs to know of it into `record`.
+        """
         queue_id = record["id"]
         size = lines = 0
         eight_bit = False
@@ -93,11 +102,11 @@ class Spool:
                 if not eight_bit and not chunk.isascii():
                     eight_bit = True
             out.flush()
-            os.fsync(out.fileno())
+            if sync:
+                os.fsync(out.fileno())
         record.update(size=size, crlf_size=size + lines, eight_bit=eight_bit, hops=count_hops(head))
         # RFC 8689 3: with REQUIRETLS the TLS-Required field is ignored.
         record["tls_optional"] = not record.get("require_tls") and tls_required_no(head)
-        self._write_state(record, sync_dir=True)
         return record
 
     def save(self, record):

@@ -232,7 +232,8 @@ class SQLRelayQueue(RelayQueue):
 
     def stopService(self):
         d = defer.maybeDeferred(RelayQueue.stopService, self)
-        d.addCallback(lambda _: defer.DeferredList(list(self._sql_writes)))
+        # A claim under way would leave its rows held by a node that is gone.
+        d.addCallback(lambda _: defer.DeferredList(list(self._sql_writes) + ([self._claiming] if self._claiming else [])))
         d.addCallback(lambda _: self.table.release_all(self.node))
         d.addErrback(lambda f: log.warn("sql relay queue: cannot let go of its messages ({error}); "
                                         "other nodes take them when the lease ends", error=f.getErrorMessage()))

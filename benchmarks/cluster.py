@@ -167,7 +167,10 @@ class Cluster:
             import psycopg
 
             with psycopg.connect(self.args.dsn, autocommit=True) as c:
-                return c.execute(self.args.count_sql).fetchone()[0]
+                try:
+                    return c.execute(self.args.count_sql).fetchone()[0]
+                except psycopg.errors.UndefinedTable:
+                    return 0  # the store makes its tables on first use
         total = 0
         for root, dirs, files in os.walk(os.path.join(self.shared, "mail")):
             if os.path.basename(root) in ("new", "cur"):

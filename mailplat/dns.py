@@ -21,7 +21,12 @@ it no answer is ever taken as authenticated (DANE, docs/relay.md, needs it).
     answer.records, answer.authenticated
 """
 
-from twisted.internet import defer, reactor
+import errno
+import os
+import time
+
+from twisted.internet import defer, error, reactor
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.task import deferLater
 from twisted.names import client, dns, hosts, resolve
 
@@ -52,7 +57,96 @@ def _asking_for_ad(write):
     return write_message
 
 
-class ValidatingClientResolver(client.Resolver):
+class HostsFile(hosts.Resolver):
+    """
+    hosts.Resolver that reads the file when it changes, not at every lookup
+    (twisted.names reads and parses it for each A and AAAA query, and a
+    DNSBL check makes several a message): its mtime and size are looked at
+    at most once a second.
+    """
+
+    check_interval = 1.0
+
+    def __init__(self, file=HOSTS_FILE, ttl=60 * 60, clock=time.monotonic):
+        hosts.Resolver.__init__(self, file, ttl)
+        self._clock = clock
+        self._checked = None
+        self._stamp = None
+        self._names = {}
+
+    def _addresses(self, name):
+        now = self._clock()
+        if self._checked is None or now - self._checked >= self.check_interval:
+            self._checked = now
+            self._reload()
+        return self._names.get(name.lower(), ())
+
+    def _reload(self):
+        try:
+            st = os.stat(self.file)
+        except OSError:
+            self._stamp, self._names = None, {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        names = {}
+        try:
+            with open(self.file, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            parts = line.split(b"#", 1)[0].split()
+            if len(parts) < 2:
+                continue
+            try:
+                address = parts[0].decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if not (isIPAddress(address) or isIPv6Address(address)):
+                continue
+            for alias in parts[1:]:
+                names.setdefault(alias.lower(), []).append(address)
+        self._stamp, self._names = stamp, names
+
+    def _aRecords(self, name):
+        return tuple(dns.RRHeader(name, dns.A, dns.IN, self.ttl, dns.Record_A(addr, self.ttl))
+                     for addr in self._addresses(name) if isIPAddress(addr))
+
+    def _aaaaRecords(self, name):
+        return tuple(dns.RRHeader(name, dns.AAAA, dns.IN, self.ttl, dns.Record_AAAA(addr, self.ttl))
+                     for addr in self._addresses(name) if isIPv6Address(addr))
+
+
+class _QuietDatagramProtocol(dns.DNSDatagramProtocol):
+    """One query's UDP port, without the "Starting/Stopping protocol" lines it writes when it opens and closes."""
+
+    noisy = False
+
+
+class QuietClientResolver(client.Resolver):
+    """
+    client.Resolver whose per-query UDP ports (a new random source port
+    for each query, as twisted.names does against spoofed answers) say
+    less in the log: two lines a lookup rather than four.
+    """
+
+    def _connectedProtocol(self, interface=""):
+        failures = 0
+        protocol = _QuietDatagramProtocol(self, reactor=self._reactor)
+        while True:
+            try:
+                self._reactor.listenUDP(dns.randomSource(), protocol, interface=interface)
+            except error.CannotListenError as e:
+                failures += 1
+                if getattr(e.socketError, "errno", None) == errno.EMFILE or failures >= 1000:
+                    raise
+            else:
+                return protocol
+
+
+class ValidatingClientResolver(QuietClientResolver):
     """
     client.Resolver whose queries, UDP and TCP, carry the AD bit: a
     validating resolver then sets AD in its answer when it validated it
@@ -60,7 +154,7 @@ class ValidatingClientResolver(client.Resolver):
     """
 
     def __init__(self, *args, **kwargs):
-        client.Resolver.__init__(self, *args, **kwargs)
+        QuietClientResolver.__init__(self, *args, **kwargs)
         build = self.factory.buildProtocol
 
         def build_protocol(addr):
@@ -71,7 +165,7 @@ class ValidatingClientResolver(client.Resolver):
         self.factory.buildProtocol = build_protocol
 
     def _connectedProtocol(self, interface=""):
-        protocol = client.Resolver._connectedProtocol(self, interface)
+        protocol = QuietClientResolver._connectedProtocol(self, interface)
         protocol.writeMessage = _asking_for_ad(protocol.writeMessage)
         return protocol
 
@@ -87,12 +181,12 @@ def make_resolver(servers=None, timeout=DEFAULT_TIMEOUT, validating=False):
         resolv.conf timer L{close_resolver} stops).
     """
     timeouts = retry_timeouts(timeout)
-    kind = ValidatingClientResolver if validating else client.Resolver
+    kind = ValidatingClientResolver if validating else QuietClientResolver
     if servers:
         upstream = kind(servers=list(servers), timeout=timeouts)
     else:
         upstream = kind(resolv=RESOLV_CONF, timeout=timeouts)
-    return resolve.ResolverChain([hosts.Resolver(HOSTS_FILE), upstream]), upstream
+    return resolve.ResolverChain([HostsFile(HOSTS_FILE), upstream]), upstream
 
 
 def close_resolver(upstream):

@@ -165,6 +165,67 @@ class SharedResolverLookups(unittest.TestCase):
         resolver.close()
 
 
+class QuietLookups(unittest.TestCase):
+    """A lookup's UDP port writes no "Starting/Stopping protocol" lines (Twisted's port still says it starts)."""
+
+    @defer.inlineCallbacks
+    def test_a_lookup_logs_nothing(self):
+        from tests.helpers import collect_log
+
+        server = start_dns_server(self, ZONE)
+        resolver = SharedResolver({"servers": [("127.0.0.1", server.port)], "timeout": 5})
+        self.addCleanup(resolver.close)
+        lines = collect_log(self)
+        yield resolver.lookupMailExchange("example.org")
+        yield resolver.lookupAddress("mx.example.org").addErrback(lambda f: None)
+        self.assertEqual([line for line in lines if "Starting protocol" in line or "Stopping protocol" in line], [])
+
+
+class HostsFileCache(unittest.TestCase):
+    """/etc/hosts is read again when it changes, not at every lookup."""
+
+    def setUp(self):
+        from mailplat.dns import HostsFile
+
+        self.path = os.path.join(self.mktemp())
+        self.write(b"127.0.0.1 localhost here.test  # a comment\n::1 localhost here.test\n")
+        self.now = 0.0
+        self.hosts = HostsFile(self.path.encode(), clock=lambda: self.now)
+
+    def write(self, data):
+        with open(self.path, "wb") as f:
+            f.write(data)
+
+    @defer.inlineCallbacks
+    def answer(self, name, lookup="lookupAddress"):
+        try:
+            answers, _, _ = yield getattr(self.hosts, lookup)(name)
+        except Exception:
+            return []
+        return [a.payload.dottedQuad() if a.type == dns.A else a.payload._address for a in answers]
+
+    @defer.inlineCallbacks
+    def test_names_are_answered_from_the_file(self):
+        self.assertEqual((yield self.answer("HERE.test")), ["127.0.0.1"])
+        self.assertEqual(len((yield self.answer("here.test", "lookupIPV6Address"))), 1)
+        self.assertEqual((yield self.answer("elsewhere.test")), [])
+
+    @defer.inlineCallbacks
+    def test_a_change_is_seen_after_the_check_interval_and_not_before(self):
+        self.assertEqual((yield self.answer("new.test")), [])
+        self.write(b"192.0.2.9 new.test\n" + b"#" * 100 + b"\n")
+        self.now += 0.5
+        self.assertEqual((yield self.answer("new.test")), [])  # not looked at yet
+        self.now += 1.0
+        self.assertEqual((yield self.answer("new.test")), ["192.0.2.9"])
+
+    @defer.inlineCallbacks
+    def test_a_missing_file_answers_nothing(self):
+        os.unlink(self.path)
+        self.now += 5
+        self.assertEqual((yield self.answer("here.test")), [])
+
+
 class RelayUsesTheSharedResolver(unittest.TestCase):
     """A whole server: the relay's MX lookups go where [dns] says, unless [relay] dns_servers says otherwise."""
 

@@ -16,6 +16,7 @@
     mailplat [--config FILE] dkim list
     mailplat [--config FILE] dns-records DOMAIN [--address IP]... [--mta-sts-mode testing|enforce] [--mta-sts-policy]
     mailplat [--config FILE] dns-check DOMAIN [--address IP]...
+    mailplat [--config FILE] migrate --from maildir|mbox|sql --to sql|maildir USER|--all [--dsn DSN] [--path T]
     mailplat quickstart DOMAIN [--dir D] [--hostname H] [--state-dir S] [--user U] [--address IP]...
 
 Passwords come from a prompt, or from standard input when it is not a
@@ -458,6 +459,20 @@ def cmd_dns_check(config, args):
     return 0 if records.passed(findings) else 1
 
 
+def cmd_migrate(config, args):
+    """`migrate --from K --to K USER|--all`: mail to another store, UIDs kept (mailplat/store/migration)."""
+    from mailplat.store.migration import command
+
+    return command.command(config, args)
+
+
+def cmd_lists(config, args):
+    """The users' allow and block lists (docs/lists.md)."""
+    from mailplat.spam import lists_cli
+
+    return lists_cli.run(config, args)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="mailplat", description="Administer a mailplat server.")
     p.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
@@ -518,6 +533,12 @@ def parser():
     from mailplat.sieve import admin as sieve_admin
 
     sieve_admin.add_parser(sub)
+    from mailplat.spam import lists_cli
+
+    lists_cli.add_parser(sub)
+    from mailplat.store.migration import command as migrate_cli
+
+    migrate_cli.add_parser(sub)
     records = sub.choices["dns-records"]
     records.add_argument("--mta-sts-mode", choices=("testing", "enforce"), default="testing",
                          help="the MTA-STS policy mode (RFC 8461 5); start with testing")
@@ -537,7 +558,7 @@ def main(argv=None):
         handler = {"check-config": cmd_check_config, "user": cmd_user, "quota": cmd_quota, "plugins": cmd_plugins, "queue": cmd_queue, "dkim": cmd_dkim,
                    "lockout": cmd_lockout,
                    "dns-records": cmd_dns_records, "dns-check": cmd_dns_check, "sieve": cmd_sieve,
-                   "sql-schema": cmd_sql_schema}[
+                   "sql-schema": cmd_sql_schema, "lists": cmd_lists, "migrate": cmd_migrate}[
             args.command
         ]
         return handler(config, args)

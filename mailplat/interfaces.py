@@ -290,6 +290,12 @@ class IMailStore(Interface):
             exist means INBOX.
         @return: Deferred firing with the new message's key. Fails with
             L{TemporaryFailure} (disk full, unwritable) or L{PermanentFailure}.
+
+        Optional: a store whose deliver also takes a keyword argument
+        C{flags} (a tuple of IMAP flags and keywords, e.g. C{("\\Seen",
+        "$Work")}) stores them with the message; local delivery passes it
+        only when a Sieve script set flags (imap4flags, RFC 5232), so a
+        store without it keeps working (the copy is stored unflagged).
         """
 
     def inbox(address):

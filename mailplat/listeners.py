@@ -6,11 +6,12 @@ directory or a certificate is created, and before twistd drops privileges
 """
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, error
+from twisted.internet import defer, error
 from twisted.internet.interfaces import ILoggingContext
 from zope.interface import implementer
 
 from mailplat.config import ConfigError
+from mailplat import proxyprotocol
 
 
 @implementer(ILoggingContext)
@@ -87,7 +88,7 @@ def bind(config):
     try:
         for name, endpoint in config.listen.items():
             try:
-                server = endpoints.serverFromString(reactor, endpoint)
+                server = proxyprotocol.server_endpoint(reactor, endpoint)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
             stand_in = _FactoryToCome(name)

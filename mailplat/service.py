@@ -5,13 +5,13 @@ and one listener per [listen] key, TLS-wrapped for smtps, imaps and pop3s.
 
 import os
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat import control as control_channel
-from mailplat import oplog, plugin, tls
+from mailplat import oplog, plugin, proxyprotocol, tls
 from mailplat.auth.dkim_sign import DKIMSigner, SigningDelivery
 from mailplat.auth.verify import Verifier, VerifyingDelivery
 from mailplat.config import TLS_WRAPPED, WEB_LISTENERS, ConfigError, require_service
@@ -61,7 +61,14 @@ class Backends:
         # The SMTP-stage filters of [checks] enabled, in order (a list of
         # mailplat.checks.EnabledCheck; empty when none are enabled).
         from mailplat import checks
+        from mailplat.spam.lists import SenderLists
 
+        # The users' allow and block lists (state_dir/lists.json, `mailplat lists`):
+        # local delivery honours them, the `lists` check refuses block-listed senders.
+        self.sender_lists = SenderLists.in_state_dir(config.state_dir)
+        context.sender_lists = self.sender_lists
+        if hasattr(self.delivery, "sender_lists"):
+            self.delivery.sender_lists = self.sender_lists
         self.checks = checks.load(config, context)
         # Broken plugin modules nobody selected: reported, not fatal.
         self.plugin_problems = plugin.problems()
@@ -98,7 +105,9 @@ class ServerService(service.MultiService):
         # The control socket (mailplat.control) for `mailplat lockout|queue`.
         self.control = control
         # (A third-party relay queue that is no service has nothing to start.)
-        self.runners = [s for s in (backends.relay, control) if s is not None and hasattr(s, "startService")]
+        # The DKIM signer's processes (mailplat.auth.signing_pool) run with the server.
+        self.runners = [s for s in (backends.relay, control, getattr(backends, "dkim", None))
+                        if s is not None and hasattr(s, "startService")]
 
     def setServiceParent(self, parent):
         if self.log_observer is not None and hasattr(parent, "setComponent"):
@@ -149,6 +158,10 @@ def make_service(config, bound=None):
     connections = ConnectionLimiter(limits["connections_per_ip"])
     spool = os.path.join(config.state_dir, "tmp")
     shared = dict(throttle=throttle, connections=connections, allow_plaintext_auth=config.allow_plaintext_auth)
+    # IMAP moves into and out of Junk teach the filter that can learn ([checks.rspamd] learn).
+    from mailplat.spam.learn import from_checks as junk_learning
+
+    imap_events = junk_learning(backends.checks, backends.sender_lists)
 
     def smtp(policy):
         # Submitted mail is DKIM-signed on its way to the fan-out; MX mail is
@@ -182,8 +195,8 @@ def make_service(config, bound=None):
         "smtp": lambda: smtp("mx"),
         "submission": lambda: smtp("submission"),
         "smtps": lambda: smtp("smtps"),
-        "imap": lambda: IMAPFactory(portal, context, limits, **shared),
-        "imaps": lambda: IMAPFactory(portal, context, limits, **shared),
+        "imap": lambda: IMAPFactory(portal, context, limits, mailbox_events=imap_events, **shared),
+        "imaps": lambda: IMAPFactory(portal, context, limits, mailbox_events=imap_events, **shared),
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }
@@ -269,7 +282,7 @@ def make_service(config, bound=None):
             svc = BoundListener(port, stand_in)
         else:
             try:
-                svc = strports.service(endpoint, factory)
+                svc = proxyprotocol.listening_service(endpoint, factory)
             except (ValueError, TypeError, KeyError) as e:
                 raise ConfigError(config.source, f"listen.{name}", f"bad endpoint {endpoint!r}: {e}")
         svc.setName(name)

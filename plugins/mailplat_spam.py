@@ -1,6 +1,8 @@
 """
-Spam defence checks: DNS block and allow lists, greylisting, rspamd
-(docs/check-dnsbl.md, docs/check-greylist.md, docs/check-rspamd.md).
+Spam defence checks: DNS block and allow lists, greylisting, rspamd and
+its learning from the Junk folder, the users' own allow and block lists
+(docs/check-dnsbl.md, docs/check-greylist.md, docs/check-rspamd.md,
+docs/lists.md).
 
     [checks]
     enabled = ["dnsbl", "greylist"]
@@ -18,11 +20,15 @@ Spam defence checks: DNS block and allow lists, greylisting, rspamd
     url = "http://127.0.0.1:11333"
     timeout = 10
     on_error = "continue"
+    learn = true                    # moves into / out of Junk teach rspamd
+    controller = "http://127.0.0.1:11334"
 """
 
 from mailplat.plugin import BackendPlugin, Key
 from mailplat.spam import dnsbl as _dnsbl
 from mailplat.spam import greylist as _greylist
+from mailplat.spam import learn as _learn
+from mailplat.spam import lists as _lists
 from mailplat.spam import rspamd as _rspamd
 
 dnsbl = BackendPlugin(
@@ -55,11 +61,23 @@ greylist = BackendPlugin(
 
 rspamd = BackendPlugin(
     "check", "rspamd", "rspamd's verdict at end of data: reject, tempfail, Junk folder with X-Spam-* headers",
-    _rspamd.from_section,
+    _learn.rspamd_from_section,
     keys={
         "url": Key(str, default=_rspamd.DEFAULT_URL, doc="rspamd's normal worker (its /checkv2 is asked)"),
         "folder": Key(str, default="Junk", doc="where add header / rewrite subject messages are filed"),
         "headers": Key(bool, default=True, doc="add X-Spam-Flag, -Score, -Action, -Symbols to scanned messages"),
         "max_size": Key(int, default=_rspamd.DEFAULT_MAX_SIZE, doc="larger messages are not scanned (octets)"),
+        "learn": Key(bool, default=False, doc="report messages users move into / out of Junk over IMAP as spam / ham"),
+        "controller": Key(str, default=_learn.DEFAULT_CONTROLLER,
+                          doc="rspamd's controller worker, for learning (/learnspam, /learnham)"),
+        "password": Key(str, doc="the controller's password (sent as the Password header), if it has one"),
+        "allow_on_not_junk": Key(bool, default=True,
+                                 doc="a message moved out of Junk puts its sender on the user's allow list"),
     },
+)
+
+lists = BackendPlugin(
+    "check", "lists", "The users' allow and block lists (mailplat lists): block-listed senders refused at RCPT",
+    _lists.from_section,
+    keys={},
 )

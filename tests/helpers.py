@@ -173,7 +173,10 @@ class MailServer:
         extra = self.extra
         if self.dns is not None:
             extra += f'\n[dns]\nservers = ["{self.dns.address}"]\ntimeout = 5\n'
-        return BASE_CONFIG.format(state=self.state, listen=listen, extra=extra, store=self.store)
+        text = BASE_CONFIG.format(state=self.state, listen=listen, extra=extra, store=self.store)
+        # A store that needs more than a path (the sql store's dsn): the test case's `store_config` lines.
+        store_config = getattr(self.testcase, "store_config", "")
+        return text.replace("\n[delivery]\n", f"\n{store_config}\n[delivery]\n", 1) if store_config else text
 
     def add_user(self, address, password):
         os.makedirs(self.state, exist_ok=True)

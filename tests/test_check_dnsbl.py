@@ -11,12 +11,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.names import dns
 from twisted.names.error import DNSNameError
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailplat.checks import EnabledCheck, run_stage
 from mailplat.dns import SharedResolver
 from mailplat.interfaces import BackendContext, CheckSession, Verdict
-from mailplat.spam.dnsbl import domain_of, reversed_address
+from mailplat.spam.dnsbl import NEGATIVE_TTL, AnswerCache, domain_of, negative_ttl, reversed_address
 from mailplat.testing.check import CheckConformance
 from mailplat.testing.dns import start_dns_server
 from plugins import mailplat_spam
@@ -172,6 +173,104 @@ class Lists(unittest.TestCase):
     def test_the_null_sender_and_ip_literal_helo_are_not_asked_about(self):
         yield self.verdict("192.0.2.99", sender="", helo="[192.0.2.99]")
         self.assertFalse([n for n, _ in self.dns.queries if n.endswith("dbl.example")])
+
+
+class Cache(unittest.TestCase):
+    """Answers are remembered for their TTL: a client seen again costs no lookup."""
+
+    def setUp(self):
+        self.dns = start_dns_server(self, RECORDS, zones=ZONES)
+        self.resolver = SharedResolver({"servers": [("127.0.0.1", self.dns.port)], "timeout": 2})
+        self.addCleanup(self.resolver.close)
+        self.clock = [1000.0]
+
+    def check(self, resolver=None):
+        context = BackendContext(None)
+        context.dns = self.resolver
+        check = mailplat_spam.dnsbl.from_config(section(), context)
+        check.cache = AnswerCache(now=lambda: self.clock[0])
+        if resolver is not None:
+            check.resolver = resolver
+        return check
+
+    def verdict(self, check, client="192.0.2.1"):
+        session = CheckSession(client, policy="mx")
+        session.helo = "client.remote.test"
+        return run_stage([EnabledCheck("dnsbl", check)], "mail", session, "a@remote.test")
+
+    @defer.inlineCallbacks
+    def test_a_listing_is_answered_from_the_cache_within_its_ttl(self):
+        check = self.check()
+        first = yield self.verdict(check)
+        asked = len(self.dns.queries)
+        self.clock[0] += 30  # the test server's records live 60 s (twisted.names' default TTL here)
+        again = yield self.verdict(check)
+        self.assertEqual((first.action, again.action), (Verdict.REJECT, Verdict.REJECT))
+        self.assertEqual(again.text, first.text)
+        self.assertEqual(len(self.dns.queries), asked)
+
+    @defer.inlineCallbacks
+    def test_an_nxdomain_without_an_soa_is_kept_for_a_minute(self):
+        # twisted.names' server answers NXDOMAIN without an authority section.
+        check = self.check()
+        yield self.verdict(check, "192.0.2.99")
+        asked = len(self.dns.queries)
+        self.clock[0] += NEGATIVE_TTL - 1
+        yield self.verdict(check, "192.0.2.99")
+        self.assertEqual(len(self.dns.queries), asked)
+        self.clock[0] += 2
+        verdict = yield self.verdict(check, "192.0.2.99")
+        self.assertEqual(verdict.action, Verdict.ACCEPT)
+        self.assertEqual(len(self.dns.queries), 2 * asked)
+
+    def test_the_negative_ttl_is_the_smaller_of_the_soa_ttl_and_minimum(self):
+        # RFC 2308 5.
+        message = dns.Message(rCode=dns.ENAME)
+        soa = dns.Record_SOA(mname=b"ns.bl.example", rname=b"hostmaster.bl.example", minimum=10, ttl=300)
+        message.authority = [dns.RRHeader(b"bl.example", dns.SOA, payload=soa, ttl=300)]
+        self.assertEqual(negative_ttl(Failure(DNSNameError(message))), 10)
+        self.assertEqual(negative_ttl(Failure(DNSNameError("no message"))), NEGATIVE_TTL)
+
+    @defer.inlineCallbacks
+    def test_a_name_asked_by_two_sessions_at_once_is_looked_up_once(self):
+        asked = []
+
+        class Held:
+            def lookupAddress(self, name):
+                d = defer.Deferred()
+                asked.append((name, d))
+                return d
+
+        check = self.check(Held())
+        first, second = self.verdict(check, "192.0.2.99"), self.verdict(check, "192.0.2.99")
+        self.assertEqual(len(asked), 5)  # bl, other, wl for the client; dbl for the HELO and the sender
+        for name, pending in asked:
+            pending.errback(DNSNameError(name))
+        self.assertEqual(((yield first).action, (yield second).action), (Verdict.ACCEPT, Verdict.ACCEPT))
+
+    @defer.inlineCallbacks
+    def test_a_lookup_that_timed_out_is_asked_again(self):
+        asked = []
+
+        class Silent:
+            def lookupAddress(self, name):
+                asked.append(name)
+                return defer.fail(dns.DNSQueryTimeoutError(name))
+
+        check = self.check(Silent())
+        for _ in range(2):
+            verdict = yield self.verdict(check, "192.0.2.99")
+            self.assertEqual(verdict.action, Verdict.TEMPFAIL)
+        self.assertEqual(len(asked), 10)
+
+    def test_the_cache_is_bounded_in_names_and_in_time(self):
+        cache = AnswerCache(size=2, max_ttl=10, now=lambda: self.clock[0])
+        for name in ("a.bl", "b.bl", "c.bl"):
+            cache.put(name, ["127.0.0.2"], 86400)
+        self.assertEqual(cache.get("a.bl"), (False, None))
+        self.assertEqual(cache.get("c.bl"), (True, ["127.0.0.2"]))
+        self.clock[0] += 11  # the TTL said a day; max_ttl says 10 s
+        self.assertEqual(cache.get("c.bl"), (False, None))
 
 
 class NameServerDown(unittest.TestCase):

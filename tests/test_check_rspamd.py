@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import resource, server
 
@@ -417,3 +418,50 @@ class OnTheMXPort(unittest.TestCase):
         self.assertIn("4.7.1", text)
         self.assertNotIn("Traceback", text)
         self.assertEqual(self.stored(), [])
+
+
+class Connections(unittest.TestCase):
+    """How the check reaches rspamd: straight to an address, quietly, one connection a scan."""
+
+    @defer.inlineCallbacks
+    def test_an_address_url_is_reached_without_client_log_lines(self):
+        fake = start_fake(self, ANSWER)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        verdict, _ = yield scan(build(fake.url))
+        self.assertEqual(verdict.action, Verdict.ACCEPT)
+        self.assertEqual([e for e in events if (e.get("log_namespace") or "").startswith("twisted.web.client")], [])
+
+    @defer.inlineCallbacks
+    def test_a_host_name_url_is_looked_up(self):
+        fake = start_fake(self, ANSWER)
+        verdict, _ = yield scan(build(fake.url.replace("127.0.0.1", "localhost")))
+        self.assertEqual(verdict.action, Verdict.ACCEPT)
+        self.assertEqual(len(fake.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_each_scan_asks_for_its_connection_to_be_closed(self):
+        fake = start_fake(self, ANSWER)
+        yield scan(build(fake.url))
+        ((_, headers, _),) = fake.requests
+        self.assertEqual(headers.getRawHeaders(b"Connection"), [b"close"])
+
+    def test_rspamd_closes_every_connection_itself(self):
+        """
+        Why the check keeps no connections open: rspamd's normal worker ends
+        each one after its answer, keep-alive asked or not. (Should a later
+        rspamd keep them, a persistent pool would save a connection a scan.)
+        """
+        import http.client
+
+        rspamd = RealRspamd.get()
+        connection = http.client.HTTPConnection("127.0.0.1", rspamd.port, timeout=30)
+        try:
+            connection.request("POST", "/checkv2", body=CLEAN.encode(), headers={"Connection": "keep-alive"})
+            response = connection.getresponse()
+            response.read()
+            self.assertEqual(response.status, 200)
+            self.assertEqual(response.getheader("Connection"), "close")
+        finally:
+            connection.close()

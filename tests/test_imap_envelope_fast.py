@@ -115,6 +115,60 @@ class AddressLists(unittest.TestCase):
             self.assertEqual(mime._addresses(value), address.parse(value), value)
 
 
+class SimpleAddressWire(unittest.TestCase):
+    """The printable-ASCII shortcut of mime._address_list equals the parse-and-quote way for every value it takes."""
+
+    def test_random_values(self):
+        rng = random.Random(13)
+        pieces = ADDRESS_PIECES + [
+            'a\\b@example.org', 'N <a"b@example.org>', "Tab\tName <t@example.org>", "x" * 1100 + "@example.org",
+            "Name <n@example.org> ", "<only@example.org>", '"" <empty@example.org>', "a@b.c,", " , ",
+        ]
+        taken = 0
+        for _ in range(5000):
+            value = rng.choice([",", ", "]).join(rng.choice(pieces) for _ in range(rng.randint(1, 4)))
+            fast = mime._simple_list(value.encode("utf-8")) if value.isascii() else None
+            if fast is not None:
+                taken += 1
+                self.assertEqual(fast, mime._parsed_list(value), value)
+        self.assertGreater(taken, 500)  # the shortcut is exercised, not skipped
+
+
+class HeaderFieldsFuzz(unittest.TestCase):
+    """
+    mime.first_values against the field-by-field parse on headers made of
+    odd pieces: leading SP/TAB/CR/VT/FF, names with spaces before the colon,
+    near-miss names, junk lines and their continuations.
+    """
+
+    def test_odd_headers(self):
+        rng = random.Random(17)
+        names = [b"Subject", b"SUBJECT", b"from", b"To", b"cc", b"Date", b"In-Reply-To", b"X-Subject", b"Subject x",
+                 b"Fromage", b"message-id", b"references"]
+        spaces = [b"", b" ", b"\t", b"\r", b"\x0b", b"\x0c"]
+        values = [b"", b" v", b" a@b", b" x:y", b"\xff", b" ", b" v\r"]
+
+        def piece():
+            r = rng.random()
+            if r < 0.6:
+                return rng.choice(spaces) + rng.choice(names) + rng.choice(spaces) + b":" + rng.choice(values)
+            if r < 0.8:
+                return rng.choice([b" ", b"\t"]) + rng.choice(values + [b"Subject: folded"])
+            return rng.choice([b"junk", b"\r", b":", b" :"])
+
+        wanted = frozenset(n.lower() for n in names if b" " not in n)
+        for _ in range(5000):
+            eol = rng.choice([b"\n", b"\r\n"])
+            data = eol.join(piece() for _ in range(rng.randint(0, 8))) + rng.choice([b"", eol, eol + eol + b"Subject: b"])
+            part = mime.Part(mime.canonical(data), 0, len(mime.canonical(data)))
+            expected = {}
+            for name in wanted:
+                value = part.get(name.decode("ascii"))
+                if value is not None:
+                    expected[name] = value.encode("utf-8", "surrogateescape")
+            self.assertEqual(mime.first_values(data, wanted), expected, data)
+
+
 class SortKeysHeader(unittest.TestCase):
     """SORT's keys read the header with mime.first_values: the same values as the field-by-field parse."""
 

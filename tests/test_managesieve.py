@@ -98,6 +98,8 @@ class Protocol(Base):
         self.assertEqual(implementation, "mailplat")
         self.assertIn("fileinto", sieve)
         self.assertIn("imap4flags", sieve)
+        for name in ("spamtest", "spamtestplus", "virustest"):  # RFC 5235, fed by the checks' scores
+            self.assertIn(name, sieve)
 
     @defer.inlineCallbacks
     def test_no_login_before_tls(self):

@@ -170,7 +170,7 @@ timeout = 3
     def test_an_unknown_check_names_the_key_and_the_choices(self):
         e = self.assertRaises(ConfigError, self.load, '[checks]\nenabled = ["clamav"]\n')
         self.assertIn("checks.clamav", str(e))
-        self.assertIn("available: dnsbl, greylist, header, rspamd, size", str(e))
+        self.assertIn("available: dnsbl, greylist, header, lists, rspamd, size", str(e))
 
     def test_a_bad_section_names_the_check_and_the_key(self):
         e = self.assertRaises(ConfigError, self.load, '[checks]\nenabled = ["size"]\n[checks.size]\nmax_size = "big"\n')

@@ -50,6 +50,26 @@ MULTI = (
     b"--b\nContent-Type: text/html\n\n<p>Your order</p>\n--b--\n"
 )
 
+
+def scored(spam=None, virus=None):
+    """A message a check scored: X-Spam-Score / X-Spam-Max (and X-Virus-*) for sieve-test to read."""
+    head = b"From: shop@example.com\nTo: bob@example.test\nSubject: offer\n"
+    if spam is not None:
+        head += b"X-Spam-Score: %s\nX-Spam-Max: %s\n" % tuple(str(v).encode() for v in spam)
+    if virus is not None:
+        head += b"X-Virus-Score: %s\nX-Virus-Max: %s\n" % tuple(str(v).encode() for v in virus)
+    return head + b"\nbuy now\n"
+
+
+# Pigeonhole reads the scores from those fields (sieve_spamtest_status_header, ...);
+# mailplat is handed them by the checks (Envelope.scores): the table gives both the same.
+SPAMTEST_SETTINGS = [
+    "plugin/sieve_spamtest_status_type=score", "plugin/sieve_spamtest_status_header=X-Spam-Score",
+    "plugin/sieve_spamtest_max_header=X-Spam-Max", "plugin/sieve_virustest_status_type=score",
+    "plugin/sieve_virustest_status_header=X-Virus-Score", "plugin/sieve_virustest_max_header=X-Virus-Max",
+]
+SPAM_REQUIRE = 'require ["spamtest", "spamtestplus", "virustest", "fileinto", "variables", "relational", "comparator-i;ascii-numeric"]; '
+
 ENV = ("sender@example.org", "bob+lists@example.test")
 
 # (name, script, message)
@@ -171,6 +191,27 @@ CASES = [
     ("refuse-unknown-test", 'if nosuchtest { keep; }', PLAIN),
     ("refuse-size-both", 'if size :over 1 :under 2 { keep; }', PLAIN),
     ("redirect-and-fileinto", 'require "fileinto"; redirect "a@example.net"; fileinto "Copy";', PLAIN),
+    # spamtest, spamtestplus, virustest (RFC 5235): the score over the check's threshold.
+    ("spamtest-scale", SPAM_REQUIRE + 'if spamtest :matches "*" { fileinto "s${0}"; }', scored(spam=(3.5, 5))),
+    ("spamtest-percent", SPAM_REQUIRE + 'if spamtest :percent :matches "*" { fileinto "p${0}"; }', scored(spam=(3.5, 5))),
+    ("spamtest-over-threshold", SPAM_REQUIRE + 'if spamtest :matches "*" { fileinto "s${0}"; } '
+     'if spamtest :percent :matches "*" { fileinto "p${0}"; }', scored(spam=(12, 5))),
+    ("spamtest-negative", SPAM_REQUIRE + 'if spamtest :matches "*" { fileinto "s${0}"; } '
+     'if spamtest :percent :matches "*" { fileinto "p${0}"; }', scored(spam=(-2.5, 5))),
+    ("spamtest-untested", SPAM_REQUIRE + 'if spamtest :is "0" { fileinto "Untested"; }', PLAIN),
+    ("spamtest-numeric-ge", SPAM_REQUIRE + 'if spamtest :value "ge" :comparator "i;ascii-numeric" "7" { fileinto "Junk"; }',
+     scored(spam=(3.5, 5))),
+    ("spamtest-numeric-lt", SPAM_REQUIRE + 'if spamtest :value "lt" :comparator "i;ascii-numeric" "7" { fileinto "Junk"; }',
+     scored(spam=(3.5, 5))),
+    ("spamtest-default-comparator", SPAM_REQUIRE + 'if spamtest :value "ge" "3" { fileinto "Junk"; }', scored(spam=(12, 5))),
+    ("spamtest-percent-count", SPAM_REQUIRE + 'if spamtest :percent :count "eq" :comparator "i;ascii-numeric" "1" '
+     '{ fileinto "One"; }', scored(spam=(1, 5))),
+    ("virustest-scale", SPAM_REQUIRE + 'if virustest :matches "*" { fileinto "v${0}"; }', scored(virus=(1, 4))),
+    ("virustest-infected", SPAM_REQUIRE + 'if virustest :value "eq" :comparator "i;ascii-numeric" "5" { discard; }',
+     scored(spam=(0, 5), virus=(9, 4))),
+    ("virustest-untested", SPAM_REQUIRE + 'if virustest :is "0" { fileinto "Untested"; }', scored(spam=(1, 5))),
+    ("refuse-percent-without-spamtestplus", 'require "spamtest"; if spamtest :percent "1" { keep; }', PLAIN),
+    ("refuse-virustest-without-require", 'if virustest "1" { keep; }', PLAIN),
 ]
 
 
@@ -182,7 +223,9 @@ def sieve_test(script, message, workdir):
     mail = os.path.join(workdir, "m.eml")
     with open(mail, "wb") as f:
         f.write(message)
-    args = [SIEVE_TEST, "-x", "+vacation-seconds +editheader", "-o", "mail_uid=nobody", "-o", "mail_gid=nogroup", "-f", ENV[0], "-r", ENV[1], path, mail]
+    settings = [a for setting in SPAMTEST_SETTINGS for a in ("-o", setting)]
+    args = [SIEVE_TEST, "-x", "+vacation-seconds +editheader +spamtest +spamtestplus +virustest", "-o", "mail_uid=nobody",
+            "-o", "mail_gid=nogroup", *settings, "-f", ENV[0], "-r", ENV[1], path, mail]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30)
     if "final result: success" not in out.stderr + out.stdout:
         return "refused"
@@ -214,12 +257,23 @@ def sieve_test(script, message, workdir):
     return [tuple(a) for a in actions]
 
 
+def scores_of(message):
+    """What a check would have recorded (mailplat.checks.record_score) for the fields sieve-test reads."""
+    fields = SieveMessage(message)
+    scores = {}
+    for kind, name in (("spam", "x-spam"), ("virus", "x-virus")):
+        score, top = fields.headers(name + "-score"), fields.headers(name + "-max")
+        if score and top:
+            scores[kind] = (float(score[0]), float(top[0]))
+    return scores
+
+
 def ours(script, message):
     try:
         script = compile_script(script)
     except SieveSyntaxError:
         return "refused"
-    run = script.run(SieveMessage(message, *ENV))
+    run = script.run(SieveMessage(message, *ENV), {"scores": scores_of(message)})
     out = []
     for action in outcome(run):
         if isinstance(action, (Keep, FileInto)):

@@ -50,6 +50,7 @@ class LocalDelivery:
 
     sieve = None  # a L{mailplat.sieve.filter.SieveFilter} when [sieve] is on (set by the service)
     outbound = None  # the relay queue, for what Sieve scripts send (redirect, vacation)
+    sender_lists = None  # mailplat.spam.lists.SenderLists: the users' allow/block lists (set by the service)
 
     def __init__(self, resolver, store):
         self.resolver = resolver
@@ -139,15 +140,24 @@ class LocalTransaction:
     def _write(self, prefixed):
         # A check's folder (Junk) wins over a plus tag's.
         chosen = getattr(self.envelope, "folder", None)
-        # The folder asked for; a store without it files into INBOX.
-        defaults = [chosen or folder or "INBOX" for _, folder in self.recipients]
+        # The folder asked for; a store without it files into INBOX. The
+        # user's allow list overrides a check's Junk (mailplat.spam.lists).
+        lists = self.agent.sender_lists
+        if lists is None:
+            defaults = [chosen or folder or "INBOX" for _, folder in self.recipients]
+        else:
+            from mailplat.spam.lists import folder_for
+
+            defaults = [folder_for(lists, address, self.envelope.sender, chosen, folder or "INBOX")
+                        for address, folder in self.recipients]
         sieve = self.agent.sieve
         if sieve is None:
             return self._write_copies([(r[0], f, prefixed) for r, f in zip(self.recipients, defaults)])
         # Each recipient's active Sieve script says where its copies go
         # (mailplat.sieve.filter); the default folder is the script's keep.
         decisions = [
-            sieve.decide(address, self.envelope.sender, prefixed, default).addErrback(self._sieve_failed, address, default)
+            sieve.decide(address, self.envelope.sender, prefixed, default, getattr(self.envelope, "scores", None))
+            .addErrback(self._sieve_failed, address, default)
             for (address, _), default in zip(self.recipients, defaults)
         ]
 
@@ -160,9 +170,9 @@ class LocalTransaction:
                 )
             outbound = self._sieve_outbound(prefixed, done, defaults)
             copies = [
-                (r[0], folder, decision.source(prefixed))  # editheader's changes go into the copies
+                (r[0], folder, decision.source(prefixed), flags)  # editheader's changes go into the copies
                 for r, decision in zip(self.recipients, done)
-                for folder, _ in decision.folders
+                for folder, flags in decision.folders
             ]
             self._discarded = [r[0] for r, decision in zip(self.recipients, done) if not decision.folders]
             if not outbound:
@@ -225,10 +235,10 @@ class LocalTransaction:
         return Decision([(default, ())])
 
     def _write_copies(self, copies):
-        """One store.deliver per (address, folder, source) copy, all or nothing (L{_settle})."""
+        """One store.deliver per (address, folder, source[, flags]) copy, all or nothing (L{_settle})."""
         results = [
-            call_backend(self.agent.store.deliver, address, source, None if folder == "INBOX" else folder)
-            for address, folder, source in copies
+            _deliver(self.agent.store, address, source, None if folder == "INBOX" else folder, *flags)
+            for address, folder, source, *flags in copies
         ]
         return defer.DeferredList(results, consumeErrors=True).addCallback(self._settle, [c[:2] for c in copies])
 
@@ -271,6 +281,38 @@ class LocalTransaction:
 
     def abort(self):
         self.recipients = []
+
+
+def _deliver(store, address, source, folder, flags=()):
+    """
+    store.deliver; the flags a Sieve script set (imap4flags, RFC 5232) go
+    along only when there are some and the store takes them (an older
+    plugin's deliver has no `flags`: its copy is stored without them).
+    """
+    if flags:
+        if _takes_flags(store):
+            return call_backend(store.deliver, address, source, folder, flags=tuple(flags))
+        log.warn("sieve: {user}: the store takes no flags; {flags} not kept", user=address, flags=" ".join(flags))
+    return call_backend(store.deliver, address, source, folder)
+
+
+_TAKES_FLAGS = {}  # (store class, wrapped store's class) -> whether deliver has a `flags` parameter
+
+
+def _takes_flags(store):
+    kind = (type(store), type(getattr(store, "inner", None)))
+    known = _TAKES_FLAGS.get(kind)
+    if known is None:
+        import inspect
+
+        try:
+            parameters = inspect.signature(store.deliver).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        known = "flags" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        inner = getattr(store, "inner", None)  # a wrapper (the quota store): what it wraps must take them too
+        known = _TAKES_FLAGS[kind] = known and (inner is None or _takes_flags(inner))
+    return known
 
 
 def _one_line(text):

@@ -310,9 +310,13 @@ def compute(data, items, want_envelope, want_structure):
     @return: (sections by item index, envelope, bodystructure, body) with
         the last three as wire bytes or None when not wanted.
     """
-    if want_envelope and not want_structure and not any(i.needs_file for i in items):
-        # ENVELOPE alone needs only the header: one pass over it, no MIME tree.
-        return {}, mime.message_envelope(data), None, None
+    if want_envelope and not want_structure:
+        for item in items:
+            if item.needs_file:
+                break
+        else:
+            # ENVELOPE alone needs only the header: one pass over it, no MIME tree.
+            return {}, mime.message_envelope(data), None, None
     message = parse_message(data)
     sections = {i: section_bytes(item, message) for i, item in enumerate(items) if item.needs_file}
     env = bs = body = None

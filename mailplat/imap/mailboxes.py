@@ -320,11 +320,10 @@ class MailboxCommands:
                 sel.recent = set(folder.claim_recent(list(sel.uids)))
             sel.unsubscribe = folder.subscribe(self.folder_event)
             keywords = set()
-            unseen = None
-            for i, m in enumerate(msgs):
-                keywords.update(f for f in m.flags if not f.startswith("\\"))
-                if unseen is None and "\\Seen" not in m.flags:
-                    unseen = i + 1
+            # Once per distinct flag set (the stores share them), not per message.
+            for flags in {m.flags for m in msgs}:
+                keywords.update(f for f in flags if not f.startswith("\\"))
+            unseen = next((i + 1 for i, m in enumerate(msgs) if "\\Seen" not in m.flags), None)
             sel.known = sel.known | keywords
             flags_line, permanent_line = flags_responses(keywords, readonly)
             # RFC 3501 6.3.1 / 7.1: Twisted sends no UNSEEN, UIDNEXT or

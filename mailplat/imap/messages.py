@@ -169,6 +169,8 @@ class MessageCommands:
                         out.append(line)
             self.write(b"".join(out))
             self.ok(tag, self.store_done_text(sel, targets, modified, uid))
+            if changed:
+                self.mailbox_event("flags_stored", sel.folder, sorted(changed), frozenset(flags), mode)
 
         return d.addCallback(done)
 
@@ -219,6 +221,8 @@ class MessageCommands:
                 self.ok(tag, "MOVE completed")
             else:
                 self.ok(tag, (b"[" + code + b"] " if code else b"") + b"COPY completed")
+            # After the answer: observers (L{mailplat.imap.events}) such as Junk learning.
+            self.mailbox_event("copied", sel.folder, target, pairs, move)
 
         def missing(failure):
             failure.trap(KeyError)

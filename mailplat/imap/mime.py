@@ -259,11 +259,70 @@ def _addresses(value):
     return [(None, None, m.group(5), m.group(6))]
 
 
+# The same two regexes over bytes, for values known to be printable ASCII
+# (where str and bytes patterns match alike).
+_SIMPLE_ADDRESS_BYTES = re.compile(_SIMPLE_ADDRESS.pattern.encode("ascii"))
+_NOT_SIMPLE_BYTES = re.compile(_NOT_SIMPLE.pattern.encode("ascii"))
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash
+
+
+def _simple_wire(m):
+    """
+    The ENVELOPE address of a _SIMPLE_ADDRESS_BYTES match in a _PLAIN
+    value: every part quotes as it is (the regex lets no quote into any
+    part), as nstring would quote it.
+    """
+    if m.group(3) is not None:
+        name = m.group(1) if m.group(1) is not None else m.group(2).strip()
+        return b'(%s NIL "%s" "%s")' % (b'"' + name + b'"' if name else b"NIL", m.group(3), m.group(4))
+    return b'(NIL NIL "%s" "%s")' % (m.group(5), m.group(6))
+
+
+def _simple_list(value):
+    """
+    _address_list of a header value (bytes) in the common forms, cheaply,
+    or None for anything else: one address, or a list of them as
+    _addresses takes it, in a printable ASCII value short enough to quote.
+    """
+    if len(value) >= 1024 or _PLAIN.fullmatch(value) is None:
+        return None
+    m = _SIMPLE_ADDRESS_BYTES.match(value)
+    if m is not None:
+        return b"(" + _simple_wire(m) + b")"
+    if b"," not in value or _NOT_SIMPLE_BYTES.search(value) is not None:
+        return None
+    out = []
+    for piece in value.split(b","):
+        m = _SIMPLE_ADDRESS_BYTES.match(piece) if piece.strip() else None
+        if m is None:
+            return None
+        out.append(_simple_wire(m))
+    return b"(" + b"".join(out) + b")"
+
+
 @functools.lru_cache(maxsize=8192)
 def _address_list(value):
     # Cached: the same To, From and Cc values recur across a folder.
     if value is None:
         return b"NIL"
+    fast = _simple_list(value.encode("ascii")) if value.isascii() else None
+    if fast is not None:
+        return fast
+    return _parsed_list(value)
+
+
+def _address_wire(value):
+    """ENVELOPE's address list of a raw header value (bytes, None when absent or empty: NIL)."""
+    if not value:
+        return b"NIL"
+    fast = _simple_list(value)
+    if fast is not None:
+        return fast
+    return _address_list(value.decode("utf-8", "surrogateescape"))
+
+
+def _parsed_list(value):
+    """_address_list the long way: each address of L{_addresses}, each part through nstring."""
     out = []
     for name, route, local, host in _addresses(value):
         # RFC 3501 7.4.2: a group starts with (NIL NIL "name" NIL) and ends with (NIL NIL NIL NIL).
@@ -320,24 +379,19 @@ def message_envelope(data):
     """ENVELOPE (RFC 3501 7.4.2) straight from a stored message's bytes (see L{first_values})."""
     values = first_values(data, _ENVELOPE_FIELDS)
     get = values.get
-
-    def addresses(*names):
-        for name in names:
-            value = get(name)
-            if value:
-                return _address_list(value.decode("utf-8", "surrogateescape"))
-        return b"NIL" if value is None else _address_list(value.decode("utf-8", "surrogateescape"))
-
+    # Sender and Reply-To default to From when absent or empty (as envelope()).
+    author = _address_wire(get(b"from"))
+    sender, reply_to = get(b"sender"), get(b"reply-to")
     return b"(" + b" ".join(
         (
             quote(get(b"date")),
             quote(get(b"subject")),
-            addresses(b"from"),
-            addresses(b"sender", b"from"),
-            addresses(b"reply-to", b"from"),
-            addresses(b"to"),
-            addresses(b"cc"),
-            addresses(b"bcc"),
+            author,
+            _address_wire(sender) if sender else author,
+            _address_wire(reply_to) if reply_to else author,
+            _address_wire(get(b"to")),
+            _address_wire(get(b"cc")),
+            _address_wire(get(b"bcc")),
             quote(get(b"in-reply-to")),
             quote(get(b"message-id")),
         )

@@ -39,6 +39,7 @@ from mailplat.imap.auth import AuthCommands
 from mailplat.imap.compress import CompressCommands
 from mailplat.imap.condstore import CondstoreCommands
 from mailplat.imap.context import ContextCommands
+from mailplat.imap.events import notify
 from mailplat.imap.mailboxes import MailboxCommands
 from mailplat.imap.messages import MessageCommands
 from mailplat.imap.notify import NotifyCommands
@@ -272,6 +273,11 @@ class MailplatIMAP(
         if self._onLogout is not None:
             self._onLogout()
             self._onLogout = None
+
+    def mailbox_event(self, method, *args):
+        """Tell the factory's observers (L{mailplat.imap.events}) what the user did: after the answer, never failing."""
+        if self.factory.mailbox_events and self.account is not None:
+            notify(self.factory.mailbox_events, method, self.account, *args)
 
     def timeoutConnection(self):
         self.write(b"* BYE autologout; idle for too long\r\n")
@@ -671,7 +677,8 @@ def _wrong_state(state, states):
 class IMAPFactory(protocol.ServerFactory):
     """Builds IMAP sessions for one port (imap with STARTTLS, or imaps)."""
 
-    def __init__(self, portal, tls_context, limits, throttle=None, connections=None, allow_plaintext_auth=False):
+    def __init__(self, portal, tls_context, limits, throttle=None, connections=None, allow_plaintext_auth=False,
+                 mailbox_events=()):
         from mailplat.throttle import ConnectionLimiter, LoginThrottle
 
         self.portal = portal
@@ -680,6 +687,8 @@ class IMAPFactory(protocol.ServerFactory):
         self.throttle = throttle or LoginThrottle(limits["auth_failures"], limits["auth_failure_window"])
         self.connections = connections or ConnectionLimiter(limits["connections_per_ip"])
         self.allow_plaintext_auth = allow_plaintext_auth
+        # IMailboxEvents observers told of COPY, MOVE and STORE (L{mailplat.imap.events}).
+        self.mailbox_events = tuple(mailbox_events)
 
     def buildProtocol(self, addr):
         return MailplatIMAP(self)

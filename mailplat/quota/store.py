@@ -37,8 +37,8 @@ def wrap(store, realm, table):
     limit is configured).
     """
     options = settings(table or {})
-    if type(store) is QuotaStore:
-        return store
+    if type(store) is QuotaStore or IQuotaStore.providedBy(store):
+        return store  # wrapped already, or a store that keeps quotas itself (the sql store)
     layout = layout_for(store)
     if layout is None:
         if options["storage"] or options["messages"] or IQuotaSource.providedBy(realm):
@@ -314,14 +314,16 @@ class QuotaStore:
 
     # --- IMailStore / IFolderStore --------------------------------------------------------
 
-    def deliver(self, address, source, folder=None):
+    def deliver(self, address, source, folder=None, flags=()):
         # The local delivery agent checked every recipient before writing
         # any copy (mailplat.delivery.local): no second look at the file.
         if getattr(source, "quota_checked", False):
             d = defer.succeed(None)
         else:
             d = self.check_quota(address, source.size)
-        d.addCallback(lambda _: self.inner.deliver(address, source, folder))
+        # A Sieve script's flags only when there are some (an inner store may not take them).
+        d.addCallback(lambda _: self.inner.deliver(address, source, folder, flags=flags) if flags
+                      else self.inner.deliver(address, source, folder))
 
         def delivered(key):
             size = self._size_of(key, source)

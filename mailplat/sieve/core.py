@@ -126,6 +126,8 @@ RELATIONS = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "lt": lambda a
 
 def compare(node, values, keys, run=None):
     """RFC 5228 2.7: true when any value matches any key under the test's comparator and match type."""
+    if not values and "count" not in node.tags:
+        return False  # nothing to compare (the header is absent: most tests of a long script)
     comparator = node.tags.get("comparator", "i;ascii-casemap")
     if "count" in node.tags:
         # RFC 5231 4.2: the number of values against each key.
@@ -144,7 +146,7 @@ def compare(node, values, keys, run=None):
     if "contains" in node.tags:
         if fold:
             # Each value folded once, not once per key (a body test's value is the whole text).
-            values, keys = [_fold(v) for v in values], [_fold(k) for k in keys]
+            values, keys = [_fold(v) for v in values], _folded(keys)
         return any(k in v for v in values for k in keys)
     if "matches" in node.tags:
         patterns = [_wildcard(k, fold) for k in keys]
@@ -157,9 +159,20 @@ def compare(node, values, keys, run=None):
                     return True
         return False
     if fold:
-        folded = {_fold(k) for k in keys}
+        folded = _folded(keys, set)
         return any(_fold(v) in folded for v in values)
     return any(v in keys for v in values)
+
+
+def _folded(keys, kind=list):
+    """The keys folded; a script's constant list (engine.Literals) keeps them, folded once per compile."""
+    if keys.__class__ is not engine.Literals:
+        return kind(_fold(k) for k in keys)
+    memo = keys.__dict__.setdefault("folded", {})
+    folded = memo.get(kind)
+    if folded is None:
+        folded = memo[kind] = kind(_fold(k) for k in keys)
+    return folded
 
 
 def _relate(comparator, relation, value, key):

@@ -39,6 +39,10 @@ class SieveRuntimeError(Exception):
         self.line = line
 
 
+class OverBudget(SieveRuntimeError):
+    """A run that passed a caller's smaller step budget (L{Run.limit}): it may be run again with the whole one."""
+
+
 class Spec:
     """
     What a command or test accepts, and what runs it.
@@ -193,12 +197,24 @@ class _Checker:
             self.fail(f"'{cmd.name}' takes no block", cmd)
         tests = [self.node(t, TESTS, "test") for t in cmd.tests]
         block = self.commands(cmd.block, "block") if cmd.block is not None else None
+        args = [_literal(v) for v in args]
+        tags = {k: _literal(v) for k, v in tags.items()}
         node = Node(spec, tags, args, tests, block, cmd.line)
         if spec.check is not None:
             message = spec.check(node, self)
             if message:
                 self.fail(message, cmd)
         return node
+
+
+class Literals(list):
+    """A string list with no `${`: what L{Run.x} gives back as it is, without looking (most lists)."""
+
+
+def _literal(value):
+    if isinstance(value, list) and not any("${" in v for v in value if isinstance(v, str)):
+        return Literals(value)
+    return value
 
 
 _ENCODED = re.compile(r"\$\{(hex|unicode):([^}]*)\}", re.I)
@@ -295,12 +311,15 @@ class Run:
         self.globals = {}  # the values of global variables, shared by included scripts
         self.included = set()  # scripts already included with :once
         self.depth = 0  # include nesting
+        self.limit = MAX_STEPS  # a caller may set a smaller budget (L{OverBudget} past it)
 
     def x(self, value):
         """A string argument as the command sees it: with ${...} substituted under variables (RFC 5229 3)."""
         if not self.expanding or isinstance(value, int):
             return value
         if isinstance(value, list):
+            if value.__class__ is Literals:
+                return value
             return [self.x(v) for v in value]
         if "${" not in value:
             return value
@@ -336,7 +355,9 @@ class Run:
 
     def step(self, node):
         self.steps += 1
-        if self.steps > MAX_STEPS:
+        if self.steps > self.limit:
+            if self.limit < MAX_STEPS:
+                raise OverBudget(f"more than {self.limit} steps", node.line)
             raise SieveRuntimeError(f"more than {MAX_STEPS} steps", node.line)
 
     def block(self, nodes):
@@ -379,7 +400,7 @@ def compile_script(text):
     @raise SieveSyntaxError: with line and column, for syntax errors,
         unknown commands, missing `require`s and bad arguments alike.
     """
-    for module in ("core", "variables", "vacation", "dates", "duplicate", "include", "editheader"):
+    for module in ("core", "variables", "vacation", "dates", "duplicate", "include", "editheader", "spamtest"):
         importlib.import_module("mailplat.sieve." + module)  # each registers its commands and tests
 
     tree = parse(text)

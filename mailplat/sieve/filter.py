@@ -10,23 +10,24 @@ neither store layout has room for it: a maildir's subdirectories and an
 mbox tree's files are both folders.
 
 A script is compiled when it is first used and again when its file
-changes. Whatever goes wrong — a script that no longer compiles, a run
+changes (looked at no more than once a second, L{SieveFilter.recheck}). Whatever goes wrong — a script that no longer compiles, a run
 that fails or hits a limit — the message is kept in the folder it would
 have gone to without Sieve (RFC 5228 2.10.6), and one line is logged with
 the user and the script's line. A broken script never loses mail.
 """
 
 import os
+import time
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailplat.sieve import SieveMessage, SieveRuntimeError, SieveSyntaxError, compile_script, outcome
 from mailplat.sieve.core import FileInto, Keep, Redirect, Reject
 from mailplat.sieve.duplicate import Tracker
-from mailplat.sieve.engine import Run
+from mailplat.sieve.engine import OverBudget, Run
 from mailplat.sieve.vacation import Memory, Vacation, build, should_reply
-from mailplat.store.source import PrefixedSource, ReplacedHeaderSource
+from mailplat.store.source import BytesSource, PrefixedSource, ReplacedHeaderSource, SpooledSource
 
 log = Logger()
 
@@ -35,6 +36,19 @@ BODY_LIMIT = 1024 * 1024  # octets of a message a script's body test sees
 
 
 MAX_REDIRECTS = 4  # per message and recipient (Pigeonhole's sieve_max_redirects)
+
+# A run of compiled scripts over a message held in memory costs a fraction
+# of a millisecond: it runs in the reactor, with this many steps at most;
+# a longer run starts again in the thread pool with the whole budget.
+INLINE_STEPS = 5000
+INLINE_SIZE = 256 * 1024  # octets: a body test over a larger message is a thread's job
+# Extensions that read or write the user's files while they run (include's
+# scripts, vacation's and duplicate's memories): such scripts run in a thread.
+TOUCHES_FILES = frozenset(("include", "vacation", "vacation-seconds", "duplicate"))
+
+
+class _NotCached(Exception):
+    """A script that is not compiled yet, or whose file changed: compiling it reads a file (a thread's job)."""
 
 
 class Decision:
@@ -64,42 +78,82 @@ class Decision:
 
 
 class SieveFilter:
+    # Seconds a script file's stamp is trusted before it is looked at again:
+    # a stat per delivery in the reactor thread costs a GIL hand-over under
+    # load; a script changed (ManageSieve, an editor) is used within this.
+    recheck = 1.0
+
     def __init__(self, home, hostname="localhost", before=(), after=(), global_dir=None):
         self.home_template = home
         self.hostname = hostname  # for the Message-ID of vacation replies
         self.before, self.after = list(before), list(after)  # [sieve] before / after: every user's mail
         self.global_dir = global_dir  # include :global (RFC 6609)
-        self._compiled = {}  # path -> ((mtime_ns, size), Script or SieveSyntaxError)
+        self._compiled = {}  # path -> ((inode, mtime_ns, size) or None, Script / SieveSyntaxError / None, checked at)
 
     def home(self, address):
         local, _, domain = address.rpartition("@")
         return self.home_template.replace("%d", domain).replace("%n", local).replace("%u", address)
 
-    def decide(self, address, sender, source, default_folder):
-        """Deferred firing with a L{Decision} (run in the thread pool: reading the message and the script)."""
-        return threads.deferToThread(self._decide, address, sender, source, default_folder)
+    def decide(self, address, sender, source, default_folder, scores=None):
+        """
+        Deferred firing with a L{Decision}. `scores` are the checks'
+        (L{mailplat.interfaces.Envelope.scores}), for spamtest/virustest.
 
-    def _script(self, address):
+        Compiled scripts over a message in memory (up to L{INLINE_SIZE})
+        run at once: a few hundred microseconds, L{INLINE_STEPS} at most,
+        cheaper than a thread's round trip. Compiling a script, a message
+        spooled to disk, and scripts that touch the user's files go to the
+        thread pool.
+        """
+        if source.size <= INLINE_SIZE and _in_memory(source):
+            try:
+                chain = self._chain(address, cached_only=True)
+                runnable = [c for c in chain[0] if _runnable(c)]
+                if not any(TOUCHES_FILES & c.required for c in runnable):
+                    data = _read_start(source, BODY_LIMIT) if runnable else b""
+                    return defer.succeed(self._decide(address, sender, source, default_folder, scores, data, chain, INLINE_STEPS))
+            except (_NotCached, OverBudget, OSError):
+                pass  # the thread's turn
+            except Exception:
+                return defer.fail()
+        return threads.deferToThread(self._decide, address, sender, source, default_folder, scores)
+
+    def _chain(self, address, cached_only=False):
+        """([sieve] before + the user's active script + after, compiled or not), the active script's path."""
         path = os.path.join(self.home(address), ACTIVE)
-        return self._compile(path, address), path
+        script = self._compile(path, address, cached_only)
+        before = [self._compile(p, address, cached_only) for p in self.before]
+        after = [self._compile(p, address, cached_only) for p in self.after]
+        return before + [script] + after, path, script
 
-    def _compile(self, path, address):
-        """The compiled script at `path` (cached while the file is unchanged), a SieveSyntaxError, or None."""
+    def _compile(self, path, address, cached_only=False):
+        """
+        The compiled script at `path` (cached by the file's mtime and size),
+        a SieveSyntaxError, or None; with `cached_only`, L{_NotCached}
+        rather than reading the file.
+        """
+        cached = self._compiled.get(path)
+        now = time.monotonic()
+        if cached is not None and now - cached[2] < self.recheck:
+            return cached[1]  # looked at less than `recheck` seconds ago
         try:
             st = os.stat(path)  # follows the symlink to the active script
         except FileNotFoundError:
+            self._compiled[path] = (None, None, now)
             return None
-        stamp = (st.st_mtime_ns, st.st_size)
-        cached = self._compiled.get(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if cached is not None and cached[0] == stamp:
+            self._compiled[path] = (stamp, cached[1], now)
             return cached[1]
+        if cached_only:
+            raise _NotCached(path)
         try:
             with open(path, "rb") as f:
                 compiled = compile_script(f.read())
         except SieveSyntaxError as e:
             compiled = e
             log.error("sieve: {user}: script {script} does not compile ({error}); it is not run", user=address, script=_name(path), error=e)
-        self._compiled[path] = (stamp, compiled)
+        self._compiled[path] = (stamp, compiled, now)
         return compiled
 
     def _loader(self, address):
@@ -116,28 +170,39 @@ class SieveFilter:
 
         return load
 
-    def _decide(self, address, sender, source, default_folder):
+    def _decide(self, address, sender, source, default_folder, scores=None, data=None, chain=None, limit=None):
+        """
+        The L{Decision} (blocking unless `chain` and `data` are given: the
+        scripts compiled, the message's start read; `limit`: a smaller step
+        budget, past which L{OverBudget} is raised before anything is done).
+        """
         keep_default = Decision([(default_folder, ())])
-        try:
-            script, path = self._script(address)
-        except OSError as e:
-            log.error("sieve: {user}: cannot read the active script ({error}); mail is kept", user=address, error=e)
-            return Decision(keep_default.folders, error=e)
+        if chain is None:
+            try:
+                chain = self._chain(address)
+            except OSError as e:
+                log.error("sieve: {user}: cannot read the active script ({error}); mail is kept", user=address, error=e)
+                return Decision(keep_default.folders, error=e)
+        scripts, path, script = chain
         if isinstance(script, SieveSyntaxError):
             return Decision(keep_default.folders, error=script)
-        chain = [self._compile(p, address) for p in self.before] + [script] + [self._compile(p, address) for p in self.after]
-        chain = [c for c in chain if c is not None and not isinstance(c, SieveSyntaxError)]
-        if not chain:
+        scripts = [c for c in scripts if _runnable(c)]
+        if not scripts:
             return keep_default
-        data = _read_start(source, BODY_LIMIT)
+        if data is None:
+            data = _read_start(source, BODY_LIMIT)
         message = SieveMessage(data, sender, address, size=source.size)
-        environment = {"include": self._loader(address), "duplicates": Tracker(self.home(address))}
+        environment = {"include": self._loader(address), "duplicates": Tracker(self.home(address)), "scores": scores or {}}
         run = Run(message, environment)
+        if limit is not None:
+            run.limit = limit
         try:
             # [sieve] before, the user's script, [sieve] after: one run, one result; stop ends it.
-            for compiled in chain:
+            for compiled in scripts:
                 if compiled.run_in(run):
                     break
+        except OverBudget:
+            raise  # the caller runs it again in full
         except SieveRuntimeError as e:
             log.error("sieve: {user}: {script} stopped at {error}; mail is kept", user=address, script=_name(path), error=e)
             return Decision(keep_default.folders, error=e)
@@ -225,6 +290,17 @@ def reject_notice(source, user, sender, reason, hostname):
     from mailplat.store.source import BytesSource
 
     return BytesSource(body)
+
+
+def _runnable(compiled):
+    return compiled is not None and not isinstance(compiled, SieveSyntaxError)
+
+
+def _in_memory(source):
+    """Whether all of the message is in memory (the SMTP spool keeps small ones there): read without blocking."""
+    while isinstance(source, (PrefixedSource, ReplacedHeaderSource)):
+        source = source.source
+    return isinstance(source, BytesSource) or (isinstance(source, SpooledSource) and source._file is None)
 
 
 def _read_start(source, limit):

@@ -4,6 +4,7 @@ What a Sieve script sees of a message: its header fields decoded (RFC
 addresses of its address fields, its size and its envelope.
 """
 
+import re
 import email.header
 import email.parser
 import email.policy
@@ -35,13 +36,16 @@ def decode_words(value):
     return "".join(out)
 
 
+_SPECIALS = re.compile(r'[ \t"(),:;<>\[\]\\]')  # an address with one of these needs the full parser
+
+
 class SieveMessage:
     """One message for one run: header fields, size, envelope and the body on demand."""
 
     def __init__(self, data, envelope_from="", envelope_to="", size=None):
         self.data = data
         end = data.find(b"\n\n")
-        crlf = data.find(b"\r\n\r\n")
+        crlf = data.find(b"\r\n\r\n", 0, end + 1 if end >= 0 else len(data))  # only before the LF one
         if crlf >= 0 and (end < 0 or crlf < end):
             head, self._body_at = data[:crlf], crlf + 4
         elif end >= 0:
@@ -76,16 +80,20 @@ class SieveMessage:
 
     def addresses(self, name):
         """The addr-specs of every `name` field (RFC 5228 5.1); a group's members are its addresses."""
-        out = []
-        for value in self.raw_headers(name):
-            out += self.addresses_of(value)
-        return out
+        key = "\0" + name.lower()  # beside the decoded values: cleared with them when the header changes
+        cached = self._decoded.get(key)
+        if cached is None:
+            cached = []
+            for value in self.raw_headers(name):
+                cached += self.addresses_of(value)
+            self._decoded[key] = cached
+        return list(cached)
 
     @staticmethod
     def addresses_of(value):
         """The addr-specs of one field's value."""
         bare = value.strip()
-        if bare.count("@") == 1 and not any(c in bare for c in ' \t"(),:;<>[]\\'):
+        if bare.count("@") == 1 and _SPECIALS.search(bare) is None:
             return [bare]  # the common `user@domain`, without the full parser
         return [address for display, address in email.utils.getaddresses([value]) if address or display]
 

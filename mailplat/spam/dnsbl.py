@@ -12,11 +12,14 @@ allow list that lists the client wins over any score. See
 docs/check-dnsbl.md.
 """
 
+import collections
 import ipaddress
+import time
 
 from twisted.internet import defer
-from twisted.names import dns, error
 from twisted.logger import Logger
+from twisted.names import dns, error
+from twisted.python.failure import Failure
 
 from mailplat.checks import Check, CheckUnavailable, Verdict
 
@@ -29,6 +32,13 @@ QUERIES = ("ip", "helo", "sender")
 DEFAULT_RETURNS = ("127.0.0.0/8",)
 ERROR_RETURNS = ipaddress.ip_network("127.255.255.0/24")
 DEFAULT_DEADLINE = 5
+# Answers kept by query name: an MX hears from the same clients and sender
+# domains again and again, and each lookup that goes out costs more of the
+# server's CPU than the rest of the check (measured: benchmarks/smtp_deliver.py
+# --checks dnsbl). Bounded in names and in time, whatever the TTL says.
+CACHE_NAMES = 10000
+CACHE_MAX_TTL = 3600
+NEGATIVE_TTL = 60  # an NXDOMAIN without an SOA to say how long (RFC 2308 5)
 
 
 class ListsUnanswered(CheckUnavailable):
@@ -101,6 +111,48 @@ class Hit:
         return f"{self.name} listed by {self.zone.zone} ({', '.join(self.answers)})"
 
 
+class AnswerCache:
+    """
+    The lists' answers by query name: the A records of a listing for their
+    TTL, an NXDOMAIN for its SOA's negative TTL (RFC 2308 5), at most
+    `max_ttl` seconds and `size` names (the least recently asked go first).
+    No timers: a stale entry is dropped when it is next asked for.
+    """
+
+    def __init__(self, size=CACHE_NAMES, max_ttl=CACHE_MAX_TTL, now=time.monotonic):
+        self.size, self.max_ttl, self.now = size, max_ttl, now
+        self.entries = collections.OrderedDict()  # name -> (expires, answers or None for NXDOMAIN)
+
+    def get(self, name):
+        """(True, answers) for a cached listing, (True, None) for a cached NXDOMAIN, else (False, None)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return False, None
+        if entry[0] <= self.now():
+            del self.entries[name]
+            return False, None
+        self.entries.move_to_end(name)
+        return True, entry[1]
+
+    def put(self, name, answers, ttl):
+        ttl = min(ttl, self.max_ttl)
+        if ttl <= 0 or self.size <= 0:
+            return
+        self.entries[name] = (self.now() + ttl, answers)
+        self.entries.move_to_end(name)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+def negative_ttl(failure):
+    """How long an NXDOMAIN may be remembered: the SOA of its authority section (RFC 2308 5)."""
+    message = failure.value.args[0] if failure.value.args else None
+    for rr in getattr(message, "authority", None) or []:
+        if rr.type == dns.SOA:
+            return min(rr.ttl, rr.payload.minimum)
+    return NEGATIVE_TTL
+
+
 class DNSBLCheck(Check):
     """
     At MAIL, when the client, HELO and sender are known: every lookup
@@ -110,12 +162,16 @@ class DNSBLCheck(Check):
 
     name = "dnsbl"
 
-    def __init__(self, resolver, zones, threshold=1.0, deadline=DEFAULT_DEADLINE, clock=None):
+    def __init__(self, resolver, zones, threshold=1.0, deadline=DEFAULT_DEADLINE, clock=None, cache=None):
         self.resolver = resolver
         self.zones = list(zones)
         self.threshold = threshold
         self.deadline = deadline
         self.clock = clock
+        self.cache = AnswerCache() if cache is None else cache
+        # Lookups under way, by name: a second session asking the same name
+        # waits for the same answer instead of sending a second query.
+        self.asking = {}
 
     def _names(self, session, sender):
         """(zone, what, subject, query name) for every lookup this session asks for."""
@@ -137,6 +193,45 @@ class DNSBLCheck(Check):
             from twisted.internet import reactor as clock
         return d.addTimeout(self.deadline, clock)
 
+    def _answers(self, name):
+        """
+        A Deferred firing with the A records (dotted quads) listing `name`,
+        or failing with DNSNameError when it is not listed: from the cache,
+        from a lookup under way for it, or from a new lookup.
+        """
+        known, answers = self.cache.get(name)
+        if known:
+            return defer.fail(error.DNSNameError(name)) if answers is None else defer.succeed(answers)
+        waiting = defer.Deferred()
+        if name in self.asking:
+            self.asking[name].append(waiting)
+            return waiting
+        self.asking[name] = [waiting]
+
+        def answered(result):
+            records = [rr for rr in result[0] if rr.type == dns.A]
+            answers = [rr.payload.dottedQuad() for rr in records]
+            self.cache.put(name, answers, min((rr.ttl for rr in records), default=0))
+            return answers
+
+        def failed(failure):
+            if failure.check(error.DNSNameError):
+                self.cache.put(name, None, negative_ttl(failure))
+            return failure
+
+        def tell(result):
+            for d in self.asking.pop(name):
+                if d.called:  # cancelled meanwhile (the check's timeout)
+                    continue
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+            return None
+
+        self._lookup(name).addCallbacks(answered, failed).addBoth(tell)
+        return waiting
+
     @defer.inlineCallbacks
     def mail(self, session, sender):
         if session.authenticated_as:
@@ -144,7 +239,7 @@ class DNSBLCheck(Check):
         asked = list(self._names(session, sender))
         if not asked:
             return None
-        results = yield defer.DeferredList([self._lookup(q) for _, _, _, q in asked], consumeErrors=True)
+        results = yield defer.DeferredList([self._answers(q) for _, _, _, q in asked], consumeErrors=True)
         hits, unanswered = [], []
         for (zone, what, subject, qname), (ok, result) in zip(asked, results):
             if not ok:
@@ -155,8 +250,7 @@ class DNSBLCheck(Check):
                 else:
                     log.info("dnsbl: {name}: {problem}", name=qname, problem=result.getErrorMessage())
                 continue
-            answers = [rr.payload.dottedQuad() for rr in result[0] if rr.type == dns.A]
-            counted = [a for a in answers if zone.counts(a)]
+            counted = [a for a in result if zone.counts(a)]
             if counted:
                 hits.append(Hit(zone, what, subject, counted))
         session.state["dnsbl"] = {"hits": [(h.zone.zone, h.what, h.answers) for h in hits]}

@@ -126,14 +126,20 @@ class FolderViewMixin:
 
 
 HELD = 256  # changed folders nobody watches kept for their index to be written; more are written at once
+# Folders kept in memory after their last session left, and for how long:
+# a client that logs out and in again (or a second client) finds a large
+# folder ready instead of reading its index anew.
+KEPT = 16
+KEPT_SECONDS = 600.0
 
 
 class HeldFolders:
     """
     A store's care for folders nobody watches (both stores mix it in):
     one that changed is kept until its index is written, so that its
-    mod-sequences survive the folder being dropped. The store keeps
-    `_held` (an ordered dict), `_watched` and `_poller`.
+    mod-sequences survive the folder being dropped; the last KEPT left
+    by their sessions stay for KEPT_SECONDS. The store keeps `_held` and
+    `_kept` (ordered dicts), `_watched` and `_poller`.
     """
 
     def _unwatch(self, folder):
@@ -142,6 +148,20 @@ class HeldFolders:
             poller, self._poller = self._poller, None
             if poller.running:
                 poller.stop()
+        if not folder._gone:
+            self._kept.pop(folder, None)
+            self._kept[folder] = time.monotonic()
+            while len(self._kept) > KEPT:
+                del self._kept[next(iter(self._kept))]
+
+    def _drop_kept(self):
+        """Let go of the folders kept longer than KEPT_SECONDS, or deleted."""
+        if not self._kept:
+            return
+        too_old = time.monotonic() - KEPT_SECONDS
+        for folder, since in list(self._kept.items()):
+            if since < too_old or folder._gone:
+                del self._kept[folder]
 
     def _hold(self, folder):
         """
@@ -157,6 +177,7 @@ class HeldFolders:
             oldest.flush()
 
     def _flush_held(self):
+        self._drop_kept()
         for folder in list(self._held):
             if folder._gone or folder._subscribers or not (folder._index_dirty or folder._cache_pending):
                 del self._held[folder]  # the poller or the last session's flush writes a watched one

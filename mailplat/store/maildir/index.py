@@ -29,6 +29,9 @@ VERSION = 1
 
 log = Logger()
 
+# One encoder for every line: json.dumps with separators makes a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
 
 def load_index(folder_path):
     """@return: the index dict, or None when missing, unreadable or old."""
@@ -37,7 +40,7 @@ def load_index(folder_path):
 
 def save_index(folder_path, data):
     data = dict(data, version=VERSION)
-    _replace(os.path.join(folder_path, INDEX), json.dumps(data, separators=(",", ":")).encode("utf-8"))
+    _replace(os.path.join(folder_path, INDEX), _encode(data).encode("utf-8"))
 
 
 def _replace(path, payload):
@@ -69,11 +72,20 @@ def load_cache(folder_path, uidvalidity):
                     return {}, 0
             except (ValueError, AttributeError):
                 return {}, 0
-            for line in f:
+            body = f.read()
+        try:
+            # The lines as one JSON array: one parse, not one a line.
+            rows = json.loads(b"[" + body.rstrip(b"\n").replace(b"\n", b",") + b"]")
+            for uid, field, value in rows:
+                cache.setdefault(uid, {})[field] = value
+            lines = len(rows)
+        except (ValueError, TypeError):
+            cache, lines = {}, 0  # a torn last line, or worse: line by line
+            for line in body.splitlines():
                 try:
                     uid, field, value = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line
+                except (ValueError, TypeError):
+                    continue
                 cache.setdefault(uid, {})[field] = value
                 lines += 1
     except FileNotFoundError:
@@ -94,7 +106,7 @@ def append_cache(folder_path, uidvalidity, items):
     flush ran) has nothing left to cache for: a quiet no-op.
     """
     path = os.path.join(folder_path, CACHE)
-    payload = b"".join(json.dumps(item, separators=(",", ":")).encode("utf-8") + b"\n" for item in items)
+    payload = "".join(_encode(item) + "\n" for item in items).encode("utf-8")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
@@ -110,9 +122,7 @@ def append_cache(folder_path, uidvalidity, items):
 
 
 def rewrite_cache(folder_path, uidvalidity, cache):
-    body = b"".join(
-        json.dumps([uid, field, value], separators=(",", ":")).encode("utf-8") + b"\n"
-        for uid, fields in sorted(cache.items())
-        for field, value in fields.items()
-    )
+    body = "".join(
+        _encode([uid, field, value]) + "\n" for uid, fields in sorted(cache.items()) for field, value in fields.items()
+    ).encode("utf-8")
     _replace(os.path.join(folder_path, CACHE), _header(uidvalidity) + body)

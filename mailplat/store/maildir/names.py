@@ -118,6 +118,36 @@ def sort_key(key):
         return (0, _natural(key))
 
 
+def sorted_keys(keys):
+    """
+    `keys` (distinct) sorted as by L{sort_key}, cheaply: most keys have a
+    seconds prefix of their own, and only keys that share one need the
+    natural comparison of the rest (a 20,000-file folder sorts several
+    times faster).
+    """
+    keys = list(keys)
+    heads = [_head(key) for key in keys]
+    shared = set()
+    seen = set()
+    for value in heads:
+        if value in seen:
+            shared.add(value)
+        seen.add(value)
+    # Keys of different heads compare by the head alone; those of one head
+    # that has company compare by their whole sort_key.
+    decorated = [((value, ()) if value not in shared else sort_key(key)) for key, value in zip(keys, heads)]
+    order = sorted(range(len(keys)), key=decorated.__getitem__)
+    return [keys[i] for i in order]
+
+
+def _head(key):
+    """The first element of L{sort_key}."""
+    try:
+        return int(key.partition(".")[0])
+    except ValueError:
+        return 0
+
+
 def _natural(text):
     # re.split with a group alternates text and digits: str, int, str, ...
     # so two keys always compare like with like.

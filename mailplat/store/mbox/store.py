@@ -50,6 +50,7 @@ class MboxStore(HeldFolders):
         self._watched = set()
         self._poller = None
         self._held = {}  # changed folders nobody watches, until their index is written (strong refs)
+        self._kept = {}  # folders their last session left lately (strong refs; HeldFolders)
         self._set_up = set()
         self._root_locks = weakref.WeakValueDictionary()
         self._uidvalidity_lock = threading.Lock()
@@ -72,7 +73,7 @@ class MboxStore(HeldFolders):
 
     # --- IMailStore ---------------------------------------------------------------
 
-    def deliver(self, address, source, folder=None):
+    def deliver(self, address, source, folder=None, flags=()):
         try:
             root = self.user_root(address)
             inbox = self.inbox_path(address)
@@ -99,7 +100,8 @@ class MboxStore(HeldFolders):
             return self._open_folder(path, name, accounts.index_dir(root, name), root)
 
         d = threads.deferToThread(choose).addCallback(opened)
-        return d.addCallback(lambda f: f.deliver(source))
+        # A Sieve script's flags (RFC 5232) go into Status / X-Status / X-Keywords.
+        return d.addCallback(lambda f: f.deliver(source, flags) if flags else f.deliver(source))
 
     def inbox(self, address):
         try:
@@ -203,6 +205,7 @@ class MboxStore(HeldFolders):
         self._recent.pop(path, None)
         if folder is not None:
             self._unwatch(folder)
+            self._kept.pop(folder, None)
             folder._forget()
 
     def _relocate_folders(self, source, target, old, new, root):
@@ -245,4 +248,5 @@ class MboxStore(HeldFolders):
             self._unwatch(folder)
         folders = list(self._folders.values())
         self._held.clear()
+        self._kept.clear()
         return defer.DeferredList([f.write_back().addBoth(lambda _, f=f: f.flush()) for f in folders])

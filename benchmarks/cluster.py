@@ -126,7 +126,8 @@ class Cluster:
 
     def store_section(self):
         if self.args.store == "sql":
-            return f'backend = "sql"\ndsn = "{self.args.dsn}"', "sql"
+            pool = f"\npool_size = {self.args.pool_size}" if self.args.pool_size else ""
+            return f'backend = "sql"\ndsn = "{self.args.dsn}"{pool}', "sql"
         return f'backend = "maildir"\npath = "{self.shared}/mail/%d/%n"', "maildir"
 
     def start(self):
@@ -255,6 +256,7 @@ def main():
     ap.add_argument("--count-sql", default="SELECT count(*) FROM mailplat_messages",
                     help="with --store sql: the query counting stored messages")
     ap.add_argument("--reset-sql", default="", help="with --store sql: run after each cluster (e.g. to empty the tables)")
+    ap.add_argument("--pool-size", type=int, help="with --store sql: each node's pool_size (default: the store's)")
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--mode", choices=("connect", "reuse", "pipelined"), default="reuse")

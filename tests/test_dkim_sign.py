@@ -22,7 +22,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailplat import cli
+from mailplat.auth.dkim_keys import DKIMKey
 from mailplat.auth.dkim_sign import field_names, from_domain, header_block
+from mailplat.auth.signing_pool import SigningFailed
 from tests.helpers import MailServer, client_tls, collect_log, in_thread
 from tests.test_smtp import stored
 
@@ -297,10 +299,34 @@ class NotSigned(DKIMServer):
         self.make_key("example.test", "--selector", "s1")
         log = collect_log(self)
 
+        signer = self.server.service.backends.dkim
+        keys_for = signer.keys_for
+
+        def unusable(domain):
+            # A key the signer process cannot read: it answers with an error.
+            return [DKIMKey(k.domain, k.selector, k.algorithm, b"-----BEGIN RSA PRIVATE KEY-----\nbroken\n")
+                    for k in keys_for(domain)]
+
+        signer.keys_for = unusable
+        message = yield self.delivered()
+        self.assertEqual(signatures(message), [])
+        self.assertIn(b"Hello, Bob.", message)
+        self.assertTrue([t for t in log if "DKIM signing failed" in t], log)
+        self.assertEqual(signer.pool.signed, 0)
+        self.flushLoggedErrors(SigningFailed)
+
+    @defer.inlineCallbacks
+    def test_a_signing_failure_in_process_delivers_the_message_unsigned_and_logs(self):
+        self.make_key("example.test", "--selector", "s1")
+        log = collect_log(self)
+        signer = self.server.service.backends.dkim
+
         def broken(data, keys):
             raise ValueError("no signing today")
 
-        self.server.service.backends.dkim.sign = broken
+        yield signer.pool.stop()  # no signer process: the message is signed in-process
+        signer.started = False
+        signer.sign = broken
         message = yield self.delivered()
         self.assertEqual(signatures(message), [])
         self.assertIn(b"Hello, Bob.", message)

@@ -9,7 +9,6 @@ through it. Each test gets a PostgreSQL schema of its own.
 
 import json
 import os
-import uuid
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -21,34 +20,15 @@ from mailplat.interfaces import Envelope
 from mailplat.store.source import BytesSource
 from mailplat.testing import RelayConformance
 from tests.helpers import free_port, in_thread
-from tests.test_conformance_sql import PG_DSN, PG_SKIP, pg_dsn_with_schema
+from tests.test_store_sql import PostgresSchema
 from tests.test_relay_delivery import (ALICE, BOB, DomainServer, messages_in, queue_cli, relay_config, scripted_server,
                                        submit, wait_for)
 
 MESSAGE = b"From: alice@example.test\nTo: bob@example.org\nSubject: sql queue\n\nHello.\n"
 
 
-class PostgreSQLSchema:
-    """A schema of its own per test, dropped after it; `self.dsn` points into it."""
-
-    skip = PG_SKIP
-
-    def setUp(self):
-        if not PG_DSN:
-            self.fail("MAILPLAT_TEST_PG_REQUIRED is set but MAILPLAT_TEST_PG_DSN is not: PostgreSQL did not start")
-        import psycopg
-
-        self.schema = "q_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(PG_DSN, autocommit=True) as c:
-            c.execute(f"CREATE SCHEMA {self.schema}")
-        self.addCleanup(self._drop)
-        self.dsn = pg_dsn_with_schema(PG_DSN, self.schema)
-
-    def _drop(self):
-        import psycopg
-
-        with psycopg.connect(PG_DSN, autocommit=True) as c:
-            c.execute(f"DROP SCHEMA {self.schema} CASCADE")
+class PostgreSQLSchema(PostgresSchema):
+    """A schema of its own per test (L{PostgresSchema}: `self.dsn`), and queue nodes on it."""
 
     def rows(self):
         """(id, record, message, owner) of every row, read straight from the table."""

@@ -5,7 +5,6 @@ the kit does not cover: bodies kept once, the schema's version, errors
 when the database is down. Each test gets a PostgreSQL schema of its own.
 """
 
-import os
 import uuid
 
 from twisted.internet import defer
@@ -16,17 +15,7 @@ from mailplat.store.source import BytesSource
 from mailplat.testing import StoreConformance
 from mailplat.testing.store import message
 
-PG_DSN = os.environ.get("MAILPLAT_TEST_PG_DSN")
-PG_SKIP = None
-if not PG_DSN and not os.environ.get("MAILPLAT_TEST_PG_REQUIRED"):
-    PG_SKIP = "set MAILPLAT_TEST_PG_DSN=postgresql://user@host:port/db to run the PostgreSQL tests"
-
-
-def pg_dsn_with_schema(dsn, schema):
-    from urllib.parse import quote
-
-    option = quote(f"-c search_path={schema}")
-    return f"{dsn}{'&' if '?' in dsn else '?'}options={option}"
+from tests.test_conformance_sql import PG_DSN, PG_SKIP, pg_dsn_with_schema
 
 
 class PostgresSchema:

@@ -17,12 +17,17 @@ docs/operating.md lists every line and field.
 
 import json
 import os
+import re
 import time
 
 from twisted.logger import ILogObserver, Logger, formatEvent, jsonFileLogObserver
 from zope.interface import provider
 
 log = Logger(namespace="mailplat")
+
+
+# A value with white space, a quote or a backslash is written as a JSON string.
+_NEEDS_QUOTES = re.compile(r'[\s"\\]')
 
 
 def _value(value):
@@ -33,7 +38,7 @@ def _value(value):
     if isinstance(value, (list, tuple)):
         return ",".join(_value(v) for v in value)
     text = str(value)
-    if not text or any(c.isspace() or c in '"\\' for c in text):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text
 

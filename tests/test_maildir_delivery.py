@@ -343,3 +343,40 @@ class SharedMaildir(unittest.TestCase):
         gone, second = yield in_thread(run)
         self.assertTrue(gone.startswith(b"-ERR"), gone)
         self.assertIn(b"Subject: two", second)
+
+
+class PathTemplates(unittest.TestCase):
+    """`[store] path` templates: %d, %n, %u, %% and everything else as written."""
+
+    def test_the_codes_and_the_rest(self):
+        from mailplat.store.maildir.store import expand
+
+        address = "Bob@Example.Org"
+        self.assertEqual(expand("var/mail/%d/%n", address), "var/mail/example.org/bob")
+        self.assertEqual(expand("/m/%u", address), "/m/bob@example.org")
+        self.assertEqual(expand("%%d/%%%n", address), "%d/%bob")
+        self.assertEqual(expand("a%qb%", address), "a%qb%")
+        self.assertEqual(expand("plain", address), "plain")
+
+    def test_the_same_as_a_walk_over_the_characters(self):
+        import random
+
+        from mailplat.store.maildir.store import expand
+
+        def walk(template, local, domain):
+            out, i = [], 0
+            while i < len(template):
+                c = template[i]
+                if c == "%" and i + 1 < len(template):
+                    code = template[i + 1]
+                    out.append({"d": domain, "n": local, "u": f"{local}@{domain}", "%": "%"}.get(code, "%" + code))
+                    i += 2
+                else:
+                    out.append(c)
+                    i += 1
+            return "".join(out)
+
+        rng = random.Random(5)
+        for _ in range(2000):
+            template = "".join(rng.choice("%%%dnuqx/.") for _ in range(rng.randint(0, 12)))
+            self.assertEqual(expand(template, "bob@example.org"), walk(template, "bob", "example.org"), template)

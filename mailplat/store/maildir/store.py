@@ -10,6 +10,7 @@ same object; while a folder has subscribers a single poller stats its
 new/, cur/ and uidlist about once a second and syncs what changed.
 """
 
+import functools
 import os
 import stat
 import weakref
@@ -46,17 +47,37 @@ def expand(template, address):
     for part in (local, domain):
         if not part or "/" in part or "\0" in part or part.startswith("."):
             raise PermanentFailure(f"address not usable as a mailbox path: {address!r}", "5.1.3", 553)
-    out, i = [], 0
+    values = {"d": domain, "n": local, "u": f"{local}@{domain}"}
+    return "".join(piece if isinstance(piece, str) else values[piece[0]] for piece in _template_pieces(template))
+
+
+@functools.lru_cache(maxsize=64)
+def _template_pieces(template):
+    """
+    A path template cut once into literal text (str) and the codes %d,
+    %n, %u (1-tuples of the letter; %% is a literal percent sign, any other
+    %x and a % at the end stay as they are): expanding it is a join, not a
+    walk over its characters (4 expansions a delivery).
+    """
+    pieces, literal, i = [], [], 0
     while i < len(template):
         c = template[i]
         if c == "%" and i + 1 < len(template):
             code = template[i + 1]
-            out.append({"d": domain, "n": local, "u": f"{local}@{domain}", "%": "%"}.get(code, "%" + code))
+            if code in "dnu":
+                if literal:
+                    pieces.append("".join(literal))
+                    literal = []
+                pieces.append((code,))
+            else:
+                literal.append("%" if code == "%" else "%" + code)
             i += 2
         else:
-            out.append(c)
+            literal.append(c)
             i += 1
-    return "".join(out)
+    if literal:
+        pieces.append("".join(literal))
+    return tuple(pieces)
 
 
 def plain_folder_dir(root, name):

@@ -66,7 +66,10 @@ class StoreCase(unittest.TestCase):
 
     def files(self, name="INBOX", subdir="cur"):
         path = self.root if name == "INBOX" else os.path.join(self.root, "." + name)
-        return sorted(os.listdir(os.path.join(path, subdir)))
+        # Arrival order, as the store numbers them (M95000 before M100000: not by the letter).
+        from mailplat.store.maildir.names import sort_key
+
+        return sorted(os.listdir(os.path.join(path, subdir)), key=sort_key)
 
 
 class Interfaces(StoreCase):

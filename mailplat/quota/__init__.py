@@ -34,6 +34,7 @@ uses), L{warning} (the warning mail).
 """
 
 from mailplat.quota.rules import (
+    LIMITS_TTL,
     Limits,
     QuotaRuleError,
     apply_rules,
@@ -43,7 +44,6 @@ from mailplat.quota.rules import (
     settings,
 )
 from mailplat.quota.store import (
-    LIMITS_TTL,
     RECALC_INTERVAL,
     QuotaAccount,
     QuotaFolder,

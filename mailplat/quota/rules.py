@@ -6,6 +6,10 @@ Pure functions; no I/O.
 
 import re
 
+from twisted.logger import Logger
+
+_log = Logger()
+
 _UNITS = {"": None, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE = re.compile(r"([0-9]{1,18})\s*([bkmgt]?)", re.I)
 
@@ -192,3 +196,49 @@ def settings(table):
     if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
         raise QuotaRuleError(f"warning_percent: must be a whole number from 0 (no warning) to 100, not {percent!r}")
     return {"storage": storage, "messages": messages, "warning_percent": percent}
+
+
+# Seconds a realm's answer is reused (the sql realm: one query per message, not two).
+LIMITS_TTL = 5.0
+
+
+class RealmLimits:
+    """
+    A user's Limits: the [quota] defaults with the realm's per-user rules
+    over them (L{IQuotaSource}), each answer kept LIMITS_TTL seconds; a
+    rule that does not parse is logged and ignored. Shared by every store's
+    quota checks.
+    """
+
+    def __init__(self, realm, defaults, clock):
+        from mailplat.interfaces import IQuotaSource
+
+        self.realm = realm if realm is not None and IQuotaSource.providedBy(realm) else None
+        self.defaults = defaults
+        self.clock = clock
+        self._cache = {}  # address -> (time, Limits)
+
+    def limits(self, address):
+        """Deferred Limits for `address` (already normalised)."""
+        from twisted.internet import defer
+
+        if self.realm is None:
+            return defer.succeed(self.defaults)
+        cached = self._cache.get(address)
+        if cached is not None and self.clock() - cached[0] < LIMITS_TTL:
+            return defer.succeed(cached[1])
+
+        def apply(rules):
+            parsed = []
+            for rule in rules or ():
+                try:
+                    parsed.append(parse_rule(rule))
+                except QuotaRuleError as e:
+                    _log.error("{address}: {problem}; the rule is ignored", address=address, problem=str(e))
+            limits = apply_rules(parsed, self.defaults)
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[address] = (self.clock(), limits)
+            return limits
+
+        return defer.maybeDeferred(self.realm.quota_rules, address).addCallback(apply)

@@ -19,7 +19,7 @@ from mailplat.interfaces import (
     PermanentFailure,
     QuotaReport,
 )
-from mailplat.quota.rules import Limits, QuotaRuleError, apply_rules, parse_rule, settings
+from mailplat.quota.rules import Limits, RealmLimits, settings
 from mailplat.quota.usage import USAGE_MAX, append_usage, crlf_size, layout_for, read_usage, write_usage
 from mailplat.quota.warning import warning_message
 from mailplat.store.source import BytesSource
@@ -27,7 +27,6 @@ from mailplat.store.source import BytesSource
 log = Logger()
 
 RECALC_INTERVAL = 15 * 60  # seconds: a user in use is recounted at least this often
-LIMITS_TTL = 5.0  # seconds a realm's answer is reused (the sql realm: one query per message, not two)
 
 
 def wrap(store, realm, table):
@@ -75,7 +74,7 @@ class QuotaStore:
         self.clock = clock
         self._walked = {}  # root -> time of the last recount in this process
         self._locks = weakref.WeakValueDictionary()
-        self._limits = {}  # address -> (time, Limits)
+        self._limits = RealmLimits(realm, self.defaults, clock)
         # The one QuotaFolder per folder object (IMailFolder: one object per
         # folder per process), by id of the wrapped folder, which the view
         # keeps alive: the id can't be reused while the entry exists.
@@ -104,29 +103,7 @@ class QuotaStore:
 
     def limits(self, address):
         """Deferred Limits for `address`: the realm's rules over the defaults."""
-        address = _normalize(address)
-        if self.realm is None or not IQuotaSource.providedBy(self.realm):
-            return defer.succeed(self.defaults)
-        now = self.clock()
-        cached = self._limits.get(address)
-        if cached is not None and now - cached[0] < LIMITS_TTL:
-            return defer.succeed(cached[1])
-        d = defer.maybeDeferred(self.realm.quota_rules, address)
-
-        def apply(rules):
-            parsed = []
-            for rule in rules or ():
-                try:
-                    parsed.append(parse_rule(rule))
-                except QuotaRuleError as e:
-                    log.error("{address}: {problem}; the rule is ignored", address=address, problem=str(e))
-            limits = apply_rules(parsed, self.defaults)
-            if len(self._limits) > 10000:
-                self._limits.clear()
-            self._limits[address] = (self.clock(), limits)
-            return limits
-
-        return d.addCallback(apply)
+        return self._limits.limits(_normalize(address))
 
     def _root(self, address):
         return self.layout.root(address)

@@ -24,20 +24,12 @@ from mailplat.store import boundary
 from mailplat.store.maildir import layout, names
 from mailplat.store.maildir.deliver import ensure_maildir, fsync_dir
 from mailplat.store.maildir.uidlist import dotlock
+from mailplat.store.specialuse import SPECIAL_USE, SPECIAL_USE_ATTRIBUTES
 
 log = Logger()
 
 SUBSCRIPTIONS = "subscriptions"
 SPECIAL_USE_FILE = "mailplat-special-use"
-# RFC 6154: created for every new user, named as most clients expect.
-SPECIAL_USE = (
-    ("Drafts", "\\Drafts"),
-    ("Sent", "\\Sent"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-    ("Archive", "\\Archive"),
-)
-SPECIAL_USE_ATTRIBUTES = {a.lower(): a for _, a in SPECIAL_USE} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
 # Names other clients and servers gave these folders: a tree that already
 # has one gets the attribute there instead of a second folder.
 SPECIAL_USE_ALIASES = {

@@ -17,28 +17,8 @@ FILENAME = "dovecot-keywords"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # RFC 3501 2.3.2: the system flags a client may set (\Recent is the server's).
-SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 # RFC 3501 7.1 PERMANENTFLAGS: what STORE keeps, '\*' for new keywords.
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
-
-
-def normalise(flags):
-    """
-    Canonical spelling: system flags as RFC 3501 writes them (they are
-    case-insensitive), \\Recent and unknown backslash flags dropped,
-    keywords kept as given.
-    """
-    out = set()
-    for flag in flags:
-        if isinstance(flag, bytes):
-            flag = flag.decode("utf-8", "replace")
-        if flag.startswith("\\"):
-            system = SYSTEM_FLAGS.get(flag.lower())
-            if system:
-                out.add(system)
-        elif flag:
-            out.add(flag)
-    return frozenset(out)
 
 
 class Keywords:

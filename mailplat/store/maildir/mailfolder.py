@@ -21,10 +21,11 @@ from zope.interface import implementer
 
 from mailplat.interfaces import FolderEvent, IBatchOpen, IMailFolder, IModSeqFolder, TemporaryFailure
 from mailplat.store import modseq
+from mailplat.store.flags import normalise
 from mailplat.store.folderview import FolderViewMixin
 from mailplat.store.maildir import names
 from mailplat.store.maildir.deliver import fsync_dir, write_message
-from mailplat.store.maildir.keywords import Keywords, normalise
+from mailplat.store.maildir.keywords import Keywords
 from mailplat.store.maildir.uidlist import UidList
 from mailplat.store.maildir.view import INDEX_DELAY, NO_FLAGS, FolderGone, FolderView, _crlf_size, _with
 

@@ -21,12 +21,13 @@ from zope.interface import implementer
 
 from mailplat.interfaces import IFolderStore, PermanentFailure
 from mailplat.store import boundary
+from mailplat.store.flags import normalise
 from mailplat.store.folderview import HeldFolders
 from mailplat.store.maildir import layout
 from mailplat.store.maildir.account import MaildirAccount, set_up
 from mailplat.store.maildir.deliver import ensure_maildir, write_message
 from mailplat.store.maildir.folder import MaildirFolder
-from mailplat.store.maildir.keywords import Keywords, normalise
+from mailplat.store.maildir.keywords import Keywords
 from mailplat.store.maildir.uidlist import UidList
 from mailplat.store.maildir.mailfolder import MaildirMailFolder
 

@@ -29,6 +29,7 @@ from mailplat.interfaces import IMailAccount
 from mailplat.store import boundary
 from mailplat.store.maildir.layout import decode, encode
 from mailplat.store.mbox import locking
+from mailplat.store.specialuse import SPECIAL_USE, SPECIAL_USE_ATTRIBUTES
 
 SEPARATOR = "/"
 INBOX = "INBOX"
@@ -36,14 +37,6 @@ CHILDREN = ".sbd"  # Thunderbird: the directory of a mail folder's children
 STATE = ".imap"
 SUBSCRIPTIONS = ".subscriptions"
 SPECIAL_USE_FILE = ".mailplat-special-use"
-SPECIAL_USE = (
-    ("Drafts", "\\Drafts"),
-    ("Sent", "\\Sent"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-    ("Archive", "\\Archive"),
-)
-SPECIAL_USE_ATTRIBUTES = {a.lower(): a for _, a in SPECIAL_USE} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
 
 
 def canonical(name):

@@ -40,6 +40,7 @@ from mailplat.interfaces import (
     TemporaryFailure,
 )
 from mailplat.store import modseq
+from mailplat.store.flags import normalise
 from mailplat.store.folderview import FolderViewMixin, uid_of
 from mailplat.store.mbox import fileio, index, locking, mboxrd
 
@@ -54,22 +55,6 @@ RETURN_PATH = object()  # a delivery's sender: the Return-Path on top of the mes
 # Tests set this to a callable run after each message a rewrite writes.
 _rewrite_hook = None
 
-SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
-
-
-def normalise(flags):
-    """System flags spelled as RFC 3501 does, \\Recent and unknown ones dropped, keywords kept."""
-    out = set()
-    for flag in flags:
-        if isinstance(flag, bytes):
-            flag = flag.decode("utf-8", "replace")
-        if flag.startswith("\\"):
-            system = SYSTEM_FLAGS.get(flag.lower())
-            if system:
-                out.add(system)
-        elif flag:
-            out.add(flag)
-    return frozenset(out)
 
 
 def key_for(uid, uidvalidity):

@@ -13,12 +13,10 @@ stores separate levels differently ('.' in Maildir++, '/' in sql and mbox).
 from twisted.internet import defer
 
 from mailplat.interfaces import IBatchOpen, IModSeqFolder
+from mailplat.store.specialuse import SPECIAL_USE_ATTRIBUTES
 
 # Messages read per trip to the source (one IBatchOpen call).
 BATCH = 200
-
-# RFC 6154 attributes a folder listing may carry, in their spelling.
-SPECIAL_USE = {a.lower(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")}
 
 
 class MigrationError(ValueError):
@@ -135,7 +133,7 @@ def read_account(account):
         folder = yield account.folder(name)
         infos = yield folder.sync()
         levels = levels_of(name, separator)
-        special = next((SPECIAL_USE[a] for a in sorted(lowered) if a in SPECIAL_USE), None)
+        special = next((SPECIAL_USE_ATTRIBUTES[a] for a in sorted(lowered) if a in SPECIAL_USE_ATTRIBUTES), None)
         highest = folder.highestmodseq if IModSeqFolder.providedBy(folder) else 1
         messages = [
             MessageState(i.uid, frozenset(i.flags), i.internaldate, getattr(i, "modseq", None) or 1)

@@ -11,16 +11,7 @@ from zope.interface import implementer
 from mailplat.interfaces import IMailAccount
 from mailplat.store import boundary
 from mailplat.store.sql import mailbox, names
-
-# RFC 6154: made for every new account, named as most clients expect.
-SPECIAL_USE = (
-    ("Drafts", "\\Drafts"),
-    ("Sent", "\\Sent"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-    ("Archive", "\\Archive"),
-)
-SPECIAL_USE_ATTRIBUTES = {a.lower(): a for _, a in SPECIAL_USE} | {"\\all": "\\All", "\\flagged": "\\Flagged"}
+from mailplat.store.specialuse import SPECIAL_USE, SPECIAL_USE_ATTRIBUTES
 
 
 # --- blocking: one transaction each ------------------------------------------------

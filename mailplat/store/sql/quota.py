@@ -10,16 +10,12 @@ Not done yet here: the warning mail at `warning_percent`.
 
 import time
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailplat.interfaces import IQuotaSource, OverQuota, OverQuotaForGood, QuotaReport
-from mailplat.quota.rules import Limits, QuotaRuleError, apply_rules, parse_rule
+from mailplat.interfaces import OverQuota, OverQuotaForGood, QuotaReport
+from mailplat.quota.rules import Limits, RealmLimits
 
 log = Logger()
-
-LIMITS_TTL = 5.0  # seconds a realm's answer is reused
-
 
 def usage(cursor, address):
     """(octets, messages) of every folder of `address` (blocking)."""
@@ -41,29 +37,10 @@ class SQLQuotas:
         self.realm = realm
         self.defaults = Limits(storage, messages)
         self.clock = clock
-        self._limits = {}  # address -> (time, Limits)
+        self._limits = RealmLimits(realm, self.defaults, clock)
 
     def limits(self, address):
-        if self.realm is None or not IQuotaSource.providedBy(self.realm):
-            return defer.succeed(self.defaults)
-        cached = self._limits.get(address)
-        if cached is not None and self.clock() - cached[0] < LIMITS_TTL:
-            return defer.succeed(cached[1])
-
-        def apply(rules):
-            parsed = []
-            for rule in rules or ():
-                try:
-                    parsed.append(parse_rule(rule))
-                except QuotaRuleError as e:
-                    log.error("{address}: {problem}; the rule is ignored", address=address, problem=str(e))
-            limits = apply_rules(parsed, self.defaults)
-            if len(self._limits) > 10000:
-                self._limits.clear()
-            self._limits[address] = (self.clock(), limits)
-            return limits
-
-        return defer.maybeDeferred(self.realm.quota_rules, address).addCallback(apply)
+        return self._limits.limits(address)
 
     def quota(self, address):
         def got(limits):

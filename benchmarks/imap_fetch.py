@@ -13,14 +13,28 @@ starts `twistd -n mailplat`, and times over one IMAP connection:
 three times: cold (first session after the files appeared: UIDs to
 assign, every envelope to compute), warm (a second session in the same
 process), and after a restart (what the on-disk index and cache keep).
-Each command's wall time is printed with the server's CPU time over it,
-the figure a machine shared with other work inflates least.
+Each command's wall time is printed with the server's CPU time over it
+(its worker processes included), the figure a machine shared with other
+work inflates least.
 Then a reconnecting QRESYNC client (RFC 7162) after 10 flag changes by
 another session: how many FETCH lines its SELECT gets.
 
     python benchmarks/imap_fetch.py                  # 20000 messages
     python benchmarks/imap_fetch.py --messages 5000
     python benchmarks/imap_fetch.py --distinct       # 20000 different messages, all in cur/
+
+With `--store sql --dsn DSN` the same messages (and flags) go into the
+user's INBOX in PostgreSQL the way mail arrives there: through the sql
+store's delivery (SQLStore.deliver, ENVELOPE and BODYSTRUCTURE indexed at
+delivery), in a process of its own before the server starts. The rounds
+are the same: cold is the first session of a fresh server process (the
+folder loaded from the database), warm a second session in that process,
+then one after a restart. Each command also shows the CPU time of the
+PostgreSQL backends serving the server (when PostgreSQL runs on this
+machine). The tables live in a schema of the run's own in that database,
+dropped at the end.
+
+    python benchmarks/imap_fetch.py --distinct --store sql --dsn postgresql://postgres@127.0.0.1:5432/bench
 
 With --idle N it measures idle sessions instead: N clients log in over
 implicit TLS, SELECT INBOX and IDLE; it prints the server's RSS before and
@@ -68,12 +82,14 @@ backend = "passwd-file"
 path = "{state}/users"
 
 [store]
-backend = "maildir"
-path = "{state}/mail/%d/%n"
+{store}
 
 [delivery]
-local = "maildir"
+local = "{delivery}"
 """
+
+MAILDIR_STORE = 'backend = "maildir"\npath = "{state}/mail/%d/%n"'
+SQL_STORE = 'backend = "sql"\ndsn = "{dsn}"'
 
 
 def free_port():
@@ -82,11 +98,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def fill(maildir, count, seed=1):
-    """Write `count` messages straight into new/ and cur/, as an outside program would."""
+def pattern_messages(count, seed=1):
+    """`count` messages of one pattern: (subfolder, maildir file name, bytes) of each."""
     rng = random.Random(seed)
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
     base = 1_700_000_000
     for i in range(count):
         body = ("lorem ipsum dolor sit amet " * rng.randint(10, 120) + "\n") * 3
@@ -104,10 +118,17 @@ def fill(maildir, count, seed=1):
         vsize = len(data) + data.count(b"\n")
         key = f"{base + i}.M{i}P1Q1.bench,S={len(data)},W={vsize}"
         if i % 3:
-            path = os.path.join(maildir, "cur", key + ":2,S")
+            yield "cur", key + ":2,S", data
         else:
-            path = os.path.join(maildir, "new", key)
-        with open(path, "wb") as f:
+            yield "new", key, data
+
+
+def fill(maildir, messages):
+    """Write the messages straight into new/ and cur/, as an outside program would."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    for sub, name, data in messages:
+        with open(os.path.join(maildir, sub, name), "wb") as f:
             f.write(data)
 
 
@@ -119,15 +140,13 @@ WORDS = (
 ZONES = ("+0000", "+0100", "-0500", "+0530", "-0800", "+0900")
 
 
-def fill_distinct(maildir, count, seed=1):
+def distinct_messages(count, seed=1):
     """
-    `count` different messages straight into cur/ (issue 11's figure):
-    each its own subject, sender, date, recipients and size, as a real
-    folder copied in by another program.
+    `count` different messages, all for cur/ (issue 11's figure): each its
+    own subject, sender, date, recipients and size, as a real folder
+    copied in by another program. (subfolder, file name, bytes) of each.
     """
     rng = random.Random(seed)
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
     base = 1_600_000_000
     for i in range(count):
         subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
@@ -153,8 +172,90 @@ def fill_distinct(maildir, count, seed=1):
         vsize = len(data) + data.count(b"\n")
         key = f"{when}.M{i}P1Q1.bench,S={len(data)},W={vsize}"
         flags = rng.choice(("", "S", "S", "RS", "FS"))
-        with open(os.path.join(maildir, "cur", f"{key}:2,{flags}"), "wb") as f:
-            f.write(data)
+        yield "cur", f"{key}:2,{flags}", data
+
+
+# Maildir's info letters (":2,FS") as IMAP flags: how a delivery to the sql store sets them.
+MAILDIR_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+
+
+def deliver_sql(config, kind, count, in_flight=4):
+    """
+    The same messages delivered to the user's INBOX through the sql store's
+    own delivery API (SQLStore.deliver, as SMTP's local delivery calls it:
+    one transaction each, ENVELOPE and BODYSTRUCTURE indexed at delivery),
+    with the flags their maildir names carry. Run in a process of its own
+    before the server starts (`--fill-sql`).
+    """
+    from twisted.internet import defer, task
+
+    from mailplat import config as configuration, plugin
+    from mailplat.interfaces import BackendContext
+    from mailplat.store.source import BytesSource
+
+    settings = configuration.load(config)
+    context = BackendContext(settings)
+    store = plugin.build("store", "sql", dict(settings.store, listen=False), context)
+    messages = (pattern_messages if kind == "pattern" else distinct_messages)(count)
+
+    def one(sub, name, data):
+        letters = name.partition(":2,")[2]
+        flags = [MAILDIR_FLAGS[c] for c in letters if c in MAILDIR_FLAGS]
+        return store.deliver("user@example.test", BytesSource(data), flags=flags)
+
+    @defer.inlineCallbacks
+    def main(reactor):
+        work = (one(*m) for m in messages)
+        try:
+            yield defer.gatherResults([task.cooperate(work).whenDone() for _ in range(in_flight)], consumeErrors=True)
+        finally:
+            yield store.close()
+
+    task.react(main)
+
+
+def sql_schema_dsn(dsn, schema):
+    """`dsn` with the benchmark's own schema as search_path, and a name its connections are found by."""
+    from urllib.parse import quote
+
+    options = quote(f"-c search_path={schema}")
+    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}&application_name={schema}"
+
+
+class DatabaseCPU:
+    """The CPU time of the PostgreSQL backends serving the server (by application_name), when it runs here."""
+
+    def __init__(self, dsn, name):
+        import psycopg
+
+        self.connection = psycopg.connect(dsn, autocommit=True)
+        self.name = name
+
+    def pids(self):
+        rows = self.connection.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.name,))
+        return [row[0] for row in rows]
+
+    def sample(self):
+        times = {}
+        for pid in self.pids():
+            seen = _own_cpu(pid)
+            if seen is not None:  # else ended, or another machine's
+                times[pid] = seen[1]
+        return times
+
+    @staticmethod
+    def since(before, after):
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+    def close(self):
+        self.connection.close()
+
+
+def drop_schema(dsn, schema):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 class Client:
@@ -200,26 +301,48 @@ ROUND = (
 )
 
 
+def _own_cpu(pid):
+    """(parent pid, user + system CPU seconds) of a process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid):
-    """User + system CPU time of a process so far (what a loaded machine does not inflate)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """
+    User + system CPU time of the server so far (what a loaded machine does
+    not inflate), its own worker processes (envelope, DKIM signer) included.
+    """
+    total = _own_cpu(pid)[1]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            seen = _own_cpu(entry)
+            if seen is not None and seen[0] == pid:
+                total += seen[1]
+    return total
 
 
-def run_round(port, label, pid):
+def run_round(port, label, pid, database=None):
+    """One session's ROUND; with `database` (a L{DatabaseCPU}) also the PostgreSQL backends' CPU."""
     c = Client(port)
     c.command(b"LOGIN user@example.test pw")
     out = []
     for text in ROUND:
+        db = database.sample() if database else None
         cpu = cpu_seconds(pid)
         start = time.perf_counter()
         lines = c.command(text)
-        out.append((text.decode(), time.perf_counter() - start, cpu_seconds(pid) - cpu, lines))
+        seconds, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+        db = database.since(db, database.sample()) if database else None
+        out.append((text.decode(), seconds, cpu, lines, db))
     c.command(b"LOGOUT")
     print(f"{label}:")
-    for text, seconds, cpu, lines in out:
-        print(f"  {text:36s} {seconds * 1000:9.1f} ms  (server CPU {cpu * 1000:7.0f} ms; {lines} untagged lines)")
+    for text, seconds, cpu, lines, db in out:
+        also = f", PostgreSQL {db * 1000:6.0f} ms" if db is not None else ""
+        print(f"  {text:36s} {seconds * 1000:9.1f} ms  (server CPU {cpu * 1000:7.0f} ms{also}; {lines} untagged lines)")
 
 
 def run_qresync(port, changes=10):
@@ -395,7 +518,15 @@ def main():
     ap.add_argument(
         "--distinct", action="store_true", help="different messages straight into cur/ (issue 11's figure) instead of one pattern"
     )
+    ap.add_argument("--store", choices=("maildir", "sql"), default="maildir")
+    ap.add_argument("--dsn", help="with --store sql: a PostgreSQL database (a schema of the run's own is made and dropped)")
+    ap.add_argument("--fill-sql", metavar="CONFIG", help=argparse.SUPPRESS)  # the delivery step of --store sql
     args = ap.parse_args()
+    kind = "distinct" if args.distinct else "pattern"
+    if args.fill_sql:
+        return deliver_sql(args.fill_sql, kind, args.messages)
+    if args.store == "sql" and not args.dsn:
+        ap.error("--store sql needs --dsn")
     if args.idle:
         args.messages = 10
 
@@ -406,13 +537,31 @@ def main():
         f.write("user@example.test:{PLAIN}pw\n")
     port = free_port()
     ports = {"imaps": free_port(), "smtp": free_port()}
+    schema = database = None
+    if args.store == "sql":
+        import psycopg
+
+        schema = f"bench_imap_{os.getpid()}_{random.getrandbits(24):06x}"
+        with psycopg.connect(args.dsn, autocommit=True) as c:
+            c.execute(f"CREATE SCHEMA {schema}")
+        store = SQL_STORE.format(dsn=sql_schema_dsn(args.dsn, schema))
+    else:
+        store = MAILDIR_STORE.format(state=state)
     config = os.path.join(workdir, "mailplat.toml")
     with open(config, "w") as f:
-        f.write(CONFIG.format(state=state, port=port, tls_port=ports["imaps"], smtp_port=ports["smtp"]))
+        f.write(CONFIG.format(state=state, port=port, tls_port=ports["imaps"], smtp_port=ports["smtp"],
+                              store=store, delivery=args.store))
     try:
         start = time.perf_counter()
-        (fill_distinct if args.distinct else fill)(os.path.join(state, "mail", "example.test", "user"), args.messages)
-        print(f"wrote {args.messages} messages in {time.perf_counter() - start:.1f} s")
+        messages = (distinct_messages if args.distinct else pattern_messages)(args.messages)
+        if args.store == "sql":
+            fill_args = ["--fill-sql", config, "--messages", str(args.messages)] + (["--distinct"] if args.distinct else [])
+            subprocess.run([sys.executable, os.path.abspath(__file__)] + fill_args, check=True, cwd=workdir)
+            print(f"delivered {args.messages} messages through the sql store in {time.perf_counter() - start:.1f} s")
+            database = DatabaseCPU(args.dsn, schema)
+        else:
+            fill(os.path.join(state, "mail", "example.test", "user"), messages)
+            print(f"wrote {args.messages} messages in {time.perf_counter() - start:.1f} s")
         server = start_server(workdir, config, port)
         if args.idle:
             try:
@@ -421,19 +570,23 @@ def main():
                 stop_server(server)
             return
         try:
-            run_round(port, "cold (first session)", server.pid)
-            run_round(port, "warm (same process)", server.pid)
+            run_round(port, "cold (first session)", server.pid, database)
+            run_round(port, "warm (same process)", server.pid, database)
             print(f"server RSS {rss_mb(server.pid):.1f} MB")
         finally:
             stop_server(server)
         server = start_server(workdir, config, port)
         try:
-            run_round(port, "after restart (on-disk index)", server.pid)
+            run_round(port, "after restart (on-disk index)" if database is None else "after restart", server.pid, database)
             run_qresync(port)
         finally:
             stop_server(server)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if database is not None:
+            database.close()
+        if schema is not None:
+            drop_schema(args.dsn, schema)
 
 
 if __name__ == "__main__":

@@ -191,12 +191,20 @@ def make_service(config, bound=None):
     relay = getattr(backends, "relay", None)
     fanout = FanOutDelivery(backends.delivery, backends.resolver, relay, backend=config.delivery["local"])
 
+    # A folder's first FETCH ENVELOPE is parsed by processes of its own, on the other cores.
+    envelopes = None
+    if {"imap", "imaps"} & set(config.listen):
+        from mailplat.imap.envelope_pool import EnvelopePool
+
+        envelopes = EnvelopePool()
+    shared_imap = dict(mailbox_events=imap_events, envelopes=envelopes, **shared)
+
     makers = {
         "smtp": lambda: smtp("mx"),
         "submission": lambda: smtp("submission"),
         "smtps": lambda: smtp("smtps"),
-        "imap": lambda: IMAPFactory(portal, context, limits, mailbox_events=imap_events, **shared),
-        "imaps": lambda: IMAPFactory(portal, context, limits, mailbox_events=imap_events, **shared),
+        "imap": lambda: IMAPFactory(portal, context, limits, **shared_imap),
+        "imaps": lambda: IMAPFactory(portal, context, limits, **shared_imap),
         "pop3": lambda: POP3Factory(portal, context, limits, **shared),
         "pop3s": lambda: POP3Factory(portal, context, limits, **shared),
     }
@@ -248,6 +256,9 @@ def make_service(config, bound=None):
     if _spool_queue(relay) is not None:
         _add_queue_actions(control, relay)
     top = ServerService(backends, control)
+    top.envelopes = envelopes
+    if envelopes is not None and envelopes.size:
+        top.runners.append(envelopes)
     top.metrics = metrics
     top.web = web
     # Certificates: each new connection gets the one loaded last; SIGHUP

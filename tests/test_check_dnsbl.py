@@ -223,6 +223,28 @@ class Cache(unittest.TestCase):
         self.assertEqual(verdict.action, Verdict.ACCEPT)
         self.assertEqual(len(self.dns.queries), 2 * asked)
 
+    @defer.inlineCallbacks
+    def test_a_session_whose_names_are_all_cached_is_judged_at_once(self):
+        # No Deferred, no lookup: the verdict is there when mail() returns.
+        check = self.check()
+        for client in ("192.0.2.1", "192.0.2.99"):
+            session = CheckSession(client, policy="mx")
+            session.helo = "client.remote.test"
+            yield check.mail(session, "a@remote.test")
+        asked = len(self.dns.queries)
+        listed = CheckSession("192.0.2.1", policy="mx")
+        listed.helo = "client.remote.test"
+        verdict = check.mail(listed, "a@remote.test")
+        self.assertIsInstance(verdict, Verdict)
+        self.assertEqual(verdict.action, Verdict.REJECT)
+        self.assertIn("192.0.2.1 listed by", verdict.text)
+        self.assertIn("score", listed.state["dnsbl"])
+        unlisted = CheckSession("192.0.2.99", policy="mx")
+        unlisted.helo = "client.remote.test"
+        self.assertIsNone(check.mail(unlisted, "a@remote.test"))
+        self.assertEqual(unlisted.state["dnsbl"], {"hits": [], "score": 0})
+        self.assertEqual(len(self.dns.queries), asked)
+
     def test_the_negative_ttl_is_the_smaller_of_the_soa_ttl_and_minimum(self):
         # RFC 2308 5.
         message = dns.Message(rCode=dns.ENAME)

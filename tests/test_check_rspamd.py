@@ -447,6 +447,50 @@ class Connections(unittest.TestCase):
         ((_, headers, _),) = fake.requests
         self.assertEqual(headers.getRawHeaders(b"Connection"), [b"close"])
 
+    @defer.inlineCallbacks
+    def test_the_host_header_names_the_address_and_port(self):
+        fake = start_fake(self, ANSWER)
+        yield scan(build(fake.url))
+        ((_, headers, _),) = fake.requests
+        self.assertEqual(headers.getRawHeaders(b"Host"), [fake.url.split("//", 1)[1].encode()])
+
+    @defer.inlineCallbacks
+    def test_a_path_in_the_url_is_kept(self):
+        fake = start_fake(self, ANSWER)
+        verdict, _ = yield scan(build(fake.url + "/rspamd/"))
+        self.assertEqual(verdict.action, Verdict.ACCEPT)
+        ((path, _, _),) = fake.requests
+        self.assertEqual(path, b"/rspamd/checkv2")
+
+    @defer.inlineCallbacks
+    def test_an_ipv6_address_url_is_reached(self):
+        fake = FakeRspamd(ANSWER)
+        try:
+            port = reactor.listenTCP(0, server.Site(fake), interface="::1")
+        except Exception as e:
+            raise unittest.SkipTest(f"no IPv6 loopback here: {e}")
+        self.addCleanup(port.stopListening)
+        verdict, _ = yield scan(build(f"http://[::1]:{port.getHost().port}"))
+        self.assertEqual(verdict.action, Verdict.ACCEPT)
+        ((_, headers, _),) = fake.requests
+        self.assertEqual(headers.getRawHeaders(b"Host"), [f"[::1]:{port.getHost().port}".encode()])
+
+    @defer.inlineCallbacks
+    def test_a_scan_cancelled_while_connecting_leaves_nothing_behind(self):
+        from mailplat.spam.rspamd import BytesProducer, ScanFactory
+        from twisted.web.client import Request
+        from twisted.web.http_headers import Headers
+
+        fake = start_fake(self, ANSWER)
+        port = int(fake.url.rsplit(":", 1)[1])
+        request = Request(b"POST", b"/checkv2", Headers({b"Host": [b"127.0.0.1"]}), BytesProducer(b"x"))
+        factory = ScanFactory(request)
+        answer = factory.connect(reactor, "127.0.0.1", port)
+        answer.cancel()
+        yield self.assertFailure(answer, defer.CancelledError)
+        self.assertEqual(factory.connector.state, "disconnected")
+        self.assertEqual(fake.requests, [])
+
     def test_rspamd_closes_every_connection_itself(self):
         """
         Why the check keeps no connections open: rspamd's normal worker ends

@@ -153,6 +153,40 @@ class SQLStoreBehaviour(PostgresSchema, unittest.TestCase):
         self.assertEqual(folder.cached(info.uid, "envelope"), "ENV Subject: message 1")
 
     @defer.inlineCallbacks
+    def test_values_cached_here_and_not_written_yet_survive_a_sync_of_stored_ones(self):
+        from twisted.internet import task
+
+        # A clock never advanced: what this process caches stays unwritten.
+        store = self.new_store(indexer=lambda data: {"envelope": "ENV"}, clock=task.Clock())
+        yield store.deliver(self.user, BytesSource(message(1)))
+        folder = yield (yield store.account(self.user)).folder("INBOX")
+        [info] = folder.messages()
+        folder.cache(info.uid, "sortkeys", ["key"])
+        # The flag change brings the message's stored values (the envelope) again.
+        yield folder.store_flags([info.uid], ["\\Seen"], "+")
+        self.assertEqual(folder.cached(info.uid, "envelope"), "ENV")
+        self.assertEqual(folder.cached(info.uid, "sortkeys"), ["key"])
+
+    @defer.inlineCallbacks
+    def test_stored_values_of_any_kind_come_back_beside_values_cached_after_the_load(self):
+        store = self.new_store(indexer=lambda data: {"envelope": "ENV"})
+        yield store.deliver(self.user, BytesSource(message(1)))
+        folder = yield (yield store.account(self.user)).folder("INBOX")
+        [info] = folder.messages()
+        folder.cache(info.uid, "sortkeys", ["key", 1])
+        folder.cache(info.uid, "body", {"not": "a string"})
+        yield store.write_pending()
+        del folder
+        yield store.close()
+        again = self.new_store()
+        folder = yield (yield again.account(self.user)).folder("INBOX")
+        folder.cache(info.uid, "bodystructure", "BS")
+        self.assertEqual(
+            [folder.cached(info.uid, f) for f in ("envelope", "bodystructure", "body", "sortkeys")],
+            ["ENV", "BS", {"not": "a string"}, ["key", 1]],
+        )
+
+    @defer.inlineCallbacks
     def test_a_database_that_is_down_gives_temporary_failure(self):
         from mailplat.store.sql import SQLStore, StoreDatabase
         from tests.helpers import free_port

@@ -353,7 +353,8 @@ class LiveResults:
 
 
 def sortkeys_of(session, uids):
-    return sortkeys.message_keys(session.selected.folder, uids, session._open_batch)
+    return sortkeys.message_keys(session.selected.folder, uids, session._open_batch,
+                                  getattr(session.factory, "envelopes", None))
 
 
 class ContextCommands:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 from mailplat.imap import condstore, fetch, mime, quota, urls
+from mailplat.imap.envelope_pool import BIG_FOLDER
 from mailplat.imap.parser import BadCommand, InvalidName, canonical_name, encode_mailbox
 from mailplat.imap.session import SELECTED, SelectedFolder, flags_responses, recent_count, unclaimed
 from mailplat.store.boundary import FolderExists, RefusedName
@@ -312,6 +313,9 @@ class MailboxCommands:
                 return
             sel = SelectedFolder(folder, readonly)
             sel.uids = array("I", (m.uid for m in msgs))
+            pool = getattr(self.factory, "envelopes", None)
+            if pool is not None and len(msgs) >= BIG_FOLDER and hasattr(folder, "message_paths"):
+                pool.wake()  # its envelopes are read elsewhere (mailplat.imap.envelope_pool)
             if readonly:
                 # RFC 3501 6.3.2: EXAMINE shows \Recent but must not take it
                 # away from the session that will SELECT.

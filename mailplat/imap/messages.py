@@ -16,10 +16,12 @@ from mailplat.imap import esearch, fetch
 from mailplat.imap.condstore import QRESYNC, modseq_of
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
+from mailplat.imap.envelope_pool import EnvelopeUnavailable
 from mailplat.interfaces import IBatchOpen
 from mailplat.store.boundary import RefusedName
 
 BATCH = 200  # messages read per trip to the thread pool
+POOL_BATCH = 1000  # envelopes asked of the envelope processes at once
 CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
 SEEN = frozenset(["\\Seen"])
 
@@ -58,6 +60,38 @@ def _read_all(files, work, header_only=False):
             fetch.report_broken(f)
             results.append(None)
     return results
+
+
+def _envelopes_elsewhere(pool, paths_of, uids, in_threads):
+    """
+    fetch.compute's results for ENVELOPE alone of `uids`, computed by the
+    envelope processes; what they could not read (renamed, unparsable) or
+    everything, when no process answers, is read in threads as before.
+    """
+    paths = paths_of(uids)
+    known = [i for i, p in enumerate(paths) if p is not None]
+    results = [None] * len(uids)
+
+    def got(envelopes):
+        for i, env in zip(known, envelopes):
+            if env is not None:
+                results[i] = ({}, env, None, None)
+        left = [i for i, r in enumerate(results) if r is None]
+        if not left:
+            return results
+
+        def merge(rest):
+            for i, r in zip(left, rest):
+                results[i] = r
+            return results
+
+        return in_threads([uids[i] for i in left]).addCallback(merge)
+
+    def unavailable(failure):
+        failure.trap(EnvelopeUnavailable)
+        return in_threads(uids)
+
+    return pool.envelopes([paths[i] for i in known]).addCallbacks(got, unavailable)
 
 
 class MessageCommands:
@@ -393,22 +427,33 @@ class MessageCommands:
             missing = needs_file or (want_env and env is None) or (want_bs and (bs is None or body is None))
             return env, bs, body, missing
 
+        # ENVELOPE alone, of files another process can read: the envelope
+        # processes parse them on the other cores (mailplat.imap.envelope_pool).
+        pool = getattr(self.factory, "envelopes", None)
+        paths_of = getattr(folder, "message_paths", None) if header_only and pool is not None else None
+        batch_size = POOL_BATCH if paths_of is not None and pool.available else BATCH
+
+        def read(files):
+            if not files:
+                return []
+
+            def work(data):
+                return fetch.compute(data, items, want_env, want_bs)
+
+            return threads.deferToThread(_read_all, files, work, header_only)
+
+        def in_threads(need):
+            return self._open_batch(need).addCallback(read)
+
         def load(start):
-            """Open and parse a batch in the thread pool: (chunk, plans, computed)."""
-            chunk = targets[start : start + BATCH]
+            """Open and parse a batch (in the thread pool or the envelope processes): (chunk, plans, computed)."""
+            chunk = targets[start : start + batch_size]
             plans = [prepared(seq, u) for seq, u, _ in chunk]
             need = [c[1] for c, p in zip(chunk, plans) if p[3]]
-
-            def read(files):
-                if not files:
-                    return []
-
-                def work(data):
-                    return fetch.compute(data, items, want_env, want_bs)
-
-                return threads.deferToThread(_read_all, files, work, header_only)
-
-            d = self._open_batch(need).addCallback(read)
+            if need and paths_of is not None and pool.available:
+                d = _envelopes_elsewhere(pool, paths_of, need, in_threads)
+            else:
+                d = in_threads(need)
             return d.addCallback(lambda results: (chunk, plans, dict(zip(need, results))))
 
         def write(chunk, plans, computed):

@@ -678,7 +678,7 @@ class IMAPFactory(protocol.ServerFactory):
     """Builds IMAP sessions for one port (imap with STARTTLS, or imaps)."""
 
     def __init__(self, portal, tls_context, limits, throttle=None, connections=None, allow_plaintext_auth=False,
-                 mailbox_events=()):
+                 mailbox_events=(), envelopes=None):
         from mailplat.throttle import ConnectionLimiter, LoginThrottle
 
         self.portal = portal
@@ -689,6 +689,8 @@ class IMAPFactory(protocol.ServerFactory):
         self.allow_plaintext_auth = allow_plaintext_auth
         # IMailboxEvents observers told of COPY, MOVE and STORE (L{mailplat.imap.events}).
         self.mailbox_events = tuple(mailbox_events)
+        # The envelope processes (L{mailplat.imap.envelope_pool.EnvelopePool}) or None.
+        self.envelopes = envelopes
 
     def buildProtocol(self, addr):
         return MailplatIMAP(self)

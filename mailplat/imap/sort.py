@@ -87,7 +87,8 @@ def ordered(contexts, criteria, keys):
 
 def header_keys(session, contexts):
     """Deferred firing with {uid: header keys} for the Contexts (L{sortkeys.message_keys})."""
-    return sortkeys.message_keys(session.selected.folder, [c.uid for c in contexts], session._open_batch)
+    return sortkeys.message_keys(session.selected.folder, [c.uid for c in contexts], session._open_batch,
+                                  getattr(session.factory, "envelopes", None))
 
 
 class SortCommands:

@@ -35,6 +35,7 @@ DATE, SUBJECT, REPLY, FROM, TO, CC, DISPLAYFROM, DISPLAYTO, MESSAGE_ID, REFERENC
 EMPTY = (None, "", 0, "", "", "", "", "", None, ())
 
 BATCH = 200  # messages read per trip to the thread pool
+POOL_BATCH = 1000  # messages asked of the envelope processes at once
 IN_FLIGHT = 2  # batches read at once: one is parsed while the next is read
 HEADER_CHUNK = 16384
 
@@ -294,11 +295,45 @@ def _read_keys(files):
     return out
 
 
-def message_keys(folder, uids, open_batch):
+def _elsewhere(pool, paths_of, uids, in_threads):
+    """The keys of `uids` (a list, None where unreadable) from the envelope processes; the rest in threads."""
+    import json
+
+    from mailplat.imap.envelope_pool import EnvelopeUnavailable
+
+    paths = paths_of(uids)
+    known = [i for i, p in enumerate(paths) if p is not None]
+    results = [None] * len(uids)
+
+    def got(answers):
+        for i, keys in zip(known, answers):
+            if keys is not None:
+                results[i] = json.loads(keys)
+        left = [i for i, r in enumerate(results) if r is None]
+        if not left:
+            return results
+
+        def merge(rest):
+            for i, r in zip(left, rest):
+                results[i] = r
+            return results
+
+        return in_threads([uids[i] for i in left]).addCallback(merge)
+
+    def unavailable(failure):
+        failure.trap(EnvelopeUnavailable)
+        return in_threads(uids)
+
+    return pool.sort_keys([paths[i] for i in known]).addCallbacks(got, unavailable)
+
+
+def message_keys(folder, uids, open_batch, pool=None):
     """
     The sort keys of `uids`: Deferred firing with {uid: list}, from the
     folder's cache where it has them, else read from the messages (and
-    cached). `open_batch(uids)` opens files as the session does for FETCH.
+    cached). `open_batch(uids)` opens files as the session does for FETCH;
+    `pool`, the envelope processes (L{mailplat.imap.envelope_pool}), read
+    them on other cores when the folder's files have paths.
     """
     found, missing = {}, []
     for u in uids:
@@ -310,9 +345,18 @@ def message_keys(folder, uids, open_batch):
     if not missing:
         return defer.succeed(found)
 
+    def in_threads(chunk):
+        return open_batch(chunk).addCallback(lambda files: threads.deferToThread(_read_keys, files))
+
+    paths_of = getattr(folder, "message_paths", None) if pool is not None else None
+    size = BATCH
+    if paths_of is not None and pool.available and len(missing) >= 2 * BATCH:
+        size = POOL_BATCH
+    else:
+        paths_of = None
+
     def read(chunk):
-        d = open_batch(chunk)
-        d.addCallback(lambda files: threads.deferToThread(_read_keys, files))
+        d = _elsewhere(pool, paths_of, chunk, in_threads) if paths_of is not None and pool.available else in_threads(chunk)
 
         def got(results):
             for u, keys in zip(chunk, results):
@@ -325,7 +369,7 @@ def message_keys(folder, uids, open_batch):
         return d.addCallback(got)
 
     limit = defer.DeferredSemaphore(IN_FLIGHT)
-    reads = [limit.run(read, missing[i : i + BATCH]) for i in range(0, len(missing), BATCH)]
+    reads = [limit.run(read, missing[i : i + size]) for i in range(0, len(missing), size)]
     d = defer.gatherResults(reads, consumeErrors=True)
     d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
     return d.addCallback(lambda _: found)

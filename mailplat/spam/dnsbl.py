@@ -41,6 +41,10 @@ CACHE_MAX_TTL = 3600
 NEGATIVE_TTL = 60  # an NXDOMAIN without an SOA to say how long (RFC 2308 5)
 
 
+# A cached NXDOMAIN among the results of DNSBLCheck._judge: not listed.
+_NOT_LISTED = object()
+
+
 class ListsUnanswered(CheckUnavailable):
     """Some lists gave no answer before the deadline (the check's on_error decides)."""
 
@@ -232,16 +236,31 @@ class DNSBLCheck(Check):
         self._lookup(name).addCallbacks(answered, failed).addBoth(tell)
         return waiting
 
-    @defer.inlineCallbacks
     def mail(self, session, sender):
         if session.authenticated_as:
             return None
         asked = list(self._names(session, sender))
         if not asked:
             return None
-        results = yield defer.DeferredList([self._answers(q) for _, _, _, q in asked], consumeErrors=True)
+        # Every answer cached (the usual case for an MX that hears from the
+        # same clients and domains): the verdict now, without a Deferred a name.
+        cached = []
+        for _, _, _, qname in asked:
+            known, answers = self.cache.get(qname)
+            if not known:
+                break
+            cached.append((True, answers if answers is not None else _NOT_LISTED))
+        else:
+            return self._judge(session, asked, cached)
+        d = defer.DeferredList([self._answers(q) for _, _, _, q in asked], consumeErrors=True)
+        return d.addCallback(lambda results: self._judge(session, asked, results))
+
+    def _judge(self, session, asked, results):
+        """The verdict from the lookups' (ok, answers or Failure) results, in the order of `asked`."""
         hits, unanswered = [], []
         for (zone, what, subject, qname), (ok, result) in zip(asked, results):
+            if result is _NOT_LISTED:
+                continue
             if not ok:
                 if result.check(error.DNSNameError):
                     continue  # NXDOMAIN: not listed

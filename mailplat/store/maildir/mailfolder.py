@@ -143,6 +143,19 @@ class MaildirMailFolder(FolderViewMixin, FolderView):
 
         return threads.deferToThread(run)
 
+    def message_paths(self, uids):
+        """
+        The file names of `uids` as this folder last saw them (None for a
+        UID it does not hold), for a reader in another process
+        (mailplat.imap.envelope_pool); a file renamed since is its to report.
+        """
+        path, by_uid, join = self.path, self._by_uid, os.path.join
+        out = []
+        for uid in uids:
+            info = by_uid.get(uid)
+            out.append(None if info is None else join(path, info.subdir, info.filename))
+        return out
+
     def _current_names(self):
         """{key: (subdir, filename)} of the files now in cur/ and new/ (blocking)."""
         out = {}

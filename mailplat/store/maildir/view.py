@@ -40,7 +40,7 @@ INDEX_DELAY = 5.0
 NO_FLAGS = frozenset()
 
 
-_W = re.compile(r",W=(\d+)")
+_DIGITS = re.compile(r"\d+").match
 
 
 @implementer(IMessageInfo)
@@ -630,10 +630,11 @@ class FolderView:
 
 def _vsize(key):
     """W= of a key (RFC822.SIZE), None without one."""
-    if ",W=" not in key:
+    at = key.find(",W=")
+    if at < 0:
         return None
-    m = _W.search(key)
-    return int(m.group(1)) if m else None
+    m = _DIGITS(key, at + 3)  # one C call from where W= is: a cold scan does 20,000
+    return int(m.group()) if m else None
 
 
 def _with(flags, extra):

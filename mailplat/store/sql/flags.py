@@ -15,8 +15,22 @@ def split(flags):
     return system, keywords
 
 
+# The few flag sets a mailbox's messages have, each made once: a 20,000
+# message folder's load then makes no frozensets (the garbage collector
+# visits every object made, and each set costs memory while the view lives).
+_SETS = {}
+
+
 def joined(system, keywords):
-    return frozenset(system or ()) | frozenset(keywords or ())
+    """The flags of the two columns as one frozenset (shared: never mutated)."""
+    key = (*system, None, *keywords) if keywords else tuple(system or ())
+    found = _SETS.get(key)
+    if found is None:
+        found = frozenset(system or ()) | frozenset(keywords or ())
+        if len(_SETS) > 10000:
+            _SETS.clear()  # keywords vary without bound; the common sets come back at once
+        _SETS[key] = found
+    return found
 
 
 def changed(current, flags, mode):

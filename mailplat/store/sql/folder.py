@@ -14,6 +14,7 @@ to the view in order; the view is only changed in the reactor thread.
 """
 
 import io
+import json
 import time
 from bisect import bisect_left
 
@@ -58,6 +59,7 @@ class SQLMailFolder:
         self._msgs = []
         self._by_uid = {}
         self._cache = {}  # uid -> {field: value}
+        self._undecoded = {}  # uid -> JSON text of more cached values, decoded when asked (L{_decoded})
         self._first_recent = 1
         self._expunged = []  # [(modseq, uid)] as they went
         self._vanished_floor = 0
@@ -127,15 +129,34 @@ class SQLMailFolder:
 
     # --- the metadata cache (kept per body: mailplat_body_index) -----------------------
 
+    # A folder's load decodes no JSON: the strings FETCH asks for come as
+    # text columns, the rest (sort keys) as JSON text, decoded at the first
+    # SORT that asks (mailbox.MESSAGE_COLUMNS says why).
+
+    def _decoded(self, uid):
+        """The cached values of `uid`, with what was still JSON text decoded (or None)."""
+        fields = self._cache.get(uid)
+        text = self._undecoded.pop(uid, None)
+        if text is not None:
+            fields = self._cache[uid] = {**json.loads(text), **(fields or {})}
+        return fields
+
     def cached(self, uid, field):
         fields = self._cache.get(uid)
-        return None if fields is None else fields.get(field)
+        if fields is not None and field in fields:
+            return fields[field]
+        if uid not in self._undecoded:
+            return None
+        return self._decoded(uid).get(field)
 
     def cache(self, uid, field, value):
         info = self._by_uid.get(uid)
         if info is None:
             return
-        self._cache.setdefault(uid, {})[field] = value
+        fields = self._decoded(uid)
+        if fields is None:
+            fields = self._cache[uid] = {}
+        fields[field] = value
         self.store._queue_index(self, info.body, field, value)
 
     # --- \Recent (RFC 3501 2.3.2), as Dovecot's first_recent_uid ------------------------
@@ -209,7 +230,7 @@ class SQLMailFolder:
         validity = delta.uidvalidity
         by_uid = self._by_uid
         added, flagged, replaced = [], [], False
-        for info, fields in delta.messages:
+        for info, strings, text in delta.messages:
             uid = info.uid
             old = by_uid.get(uid)
             if old is None:
@@ -219,15 +240,20 @@ class SQLMailFolder:
                 if old.flags != info.flags:
                     flagged.append(uid)
             by_uid[uid] = info
-            if fields:
+            if strings or text:
+                # What we hold wins (values of ours may not be written yet),
+                # also over the JSON text when it is decoded (L{_decoded}).
                 mine = self._cache.get(uid)
-                self._cache[uid] = dict(fields, **mine) if mine else dict(fields)
+                self._cache[uid] = {**strings, **mine} if mine and strings else (mine or strings or {})
+                if text:
+                    self._undecoded[uid] = text
         removed = []
         for uid, modseq in delta.expunged:
             self._expunged.append((modseq, uid))
             if by_uid.pop(uid, None) is not None:
                 removed.append(uid)
                 self._cache.pop(uid, None)
+                self._undecoded.pop(uid, None)
         if removed or replaced:
             msgs = [by_uid[m.uid] for m in self._msgs if m.uid in by_uid]
         else:
@@ -263,7 +289,7 @@ class SQLMailFolder:
             return
         uids = [i.uid for i in self._msgs]
         self._gone = True
-        self._msgs, self._by_uid, self._cache = [], {}, {}
+        self._msgs, self._by_uid, self._cache, self._undecoded = [], {}, {}, {}
         self._publish("expunge", uids)
         self.store._forget_folder(self.id)
 

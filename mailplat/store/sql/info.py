@@ -43,11 +43,22 @@ class SQLMessageInfo:
         return f"<SQLMessageInfo {self.uid} modseq {self.modseq}>"
 
 
+# Cached values read as text columns of their own when they are strings
+# (mailbox.MESSAGE_COLUMNS): what FETCH ENVELOPE and BODYSTRUCTURE ask for.
+STRING_FIELDS = ("envelope", "bodystructure", "body")
+
+
 def from_row(row, uidvalidity):
-    """(info, cached fields or None) of a row of mailbox.MESSAGE_COLUMNS."""
-    uid, modseq, system, keywords, internaldate, savedate, size, body, fields = row
+    """
+    (info, {field: string} or None, the other cached values as JSON text or
+    None) of a row of mailbox.MESSAGE_COLUMNS.
+    """
+    uid, modseq, system, keywords, internaldate, savedate, size, body = row[:8]
     flags = flagset.joined(system, keywords)
-    return SQLMessageInfo(uid, message_key(uidvalidity, uid), size, flags, internaldate, modseq, savedate, bytes(body)), fields
+    info = SQLMessageInfo(uid, message_key(uidvalidity, uid), size, flags, internaldate, modseq, savedate, bytes(body))
+    strings = {f: v for f, v in zip(STRING_FIELDS, row[8:-1]) if v is not None} or None
+    rest = row[-1]
+    return info, strings, (None if rest == "{}" else rest)
 
 
 def uid_of(info):

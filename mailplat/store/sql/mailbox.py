@@ -34,7 +34,25 @@ from mailplat.store.sql import info
 CHANNEL = "mailplat_store"
 
 
-MESSAGE_COLUMNS = "m.uid, m.modseq, m.flags, m.keywords, m.internaldate, m.savedate, m.size, m.body, i.fields"
+def _message_columns():
+    """
+    A message row, and its cached values (mailplat_body_index.fields) in two
+    parts: the string values of `info.STRING_FIELDS` as text columns, and
+    the rest as JSON text, which the folder decodes only when a value of it
+    is asked for (folder.py). Why: decoding every message's JSON (ENVELOPE,
+    BODYSTRUCTURE, sort keys) was most of a 20,000-message folder's SELECT
+    (benchmarks/imap_fetch.py --store sql), and a FETCH of ENVELOPE should
+    find it ready. A field holding something other than a string stays in
+    the JSON, so any value round-trips.
+    """
+    strings = [f"CASE WHEN jsonb_typeof(i.fields->'{f}') = 'string' THEN i.fields->>'{f}' END" for f in info.STRING_FIELDS]
+    split = " AND ".join(f"coalesce(jsonb_typeof(i.fields->'{f}'), 'string') = 'string'" for f in info.STRING_FIELDS)
+    keys = "{" + ",".join(info.STRING_FIELDS) + "}"
+    rest = f"(CASE WHEN {split} THEN i.fields - '{keys}'::text[] ELSE i.fields END)::text"
+    return ", ".join(["m.uid, m.modseq, m.flags, m.keywords, m.internaldate, m.savedate, m.size, m.body"] + strings + [rest])
+
+
+MESSAGE_COLUMNS = _message_columns()
 
 
 class FolderGone(KeyError):
@@ -248,7 +266,7 @@ class Delta:
 
     def __init__(self, row, messages, expunged):
         (self.name, self.uidvalidity, self.uidnext, self.highestmodseq, self.first_recent, self.vanished_floor) = row
-        self.messages = messages  # [(SQLMessageInfo, cached fields or None)], by UID
+        self.messages = messages  # [(SQLMessageInfo, cached strings or None, the other cached values as JSON text or None)], by UID
         self.expunged = expunged  # [(uid, modseq)]
 
 

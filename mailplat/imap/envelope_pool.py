@@ -40,6 +40,42 @@ class EnvelopeUnavailable(Exception):
     """No envelope process answered this request: compute it in-process."""
 
 
+def elsewhere(request, paths_of, uids, in_threads, wrap):
+    """
+    The results of `uids` computed by the envelope processes: `request`
+    (L{EnvelopePool.envelopes} or L{EnvelopePool.sort_keys}) is given their
+    paths (`paths_of(uids)`, None for a UID the folder does not hold) and
+    each answer goes through `wrap`; what they could not read (renamed,
+    unparsable), or everything when no process answers, goes to
+    `in_threads(uids)`, the reader the session would use without them.
+    A Deferred firing with one result per UID, in order.
+    """
+    paths = paths_of(uids)
+    known = [i for i, p in enumerate(paths) if p is not None]
+    results = [None] * len(uids)
+
+    def got(answers):
+        for i, answer in zip(known, answers):
+            if answer is not None:
+                results[i] = wrap(answer)
+        left = [i for i, r in enumerate(results) if r is None]
+        if not left:
+            return results
+
+        def merge(rest):
+            for i, r in zip(left, rest):
+                results[i] = r
+            return results
+
+        return in_threads([uids[i] for i in left]).addCallback(merge)
+
+    def unavailable(failure):
+        failure.trap(EnvelopeUnavailable)
+        return in_threads(uids)
+
+    return request([paths[i] for i in known]).addCallbacks(got, unavailable)
+
+
 class EnvelopeProcess(protocol.ProcessProtocol):
     """One worker and its requests not yet answered (answered in order)."""
 

@@ -16,7 +16,8 @@ from mailplat.imap import esearch, fetch
 from mailplat.imap.condstore import QRESYNC, modseq_of
 from mailplat.imap.parser import BadCommand, canonical_name
 from mailplat.imap.search import CHARSETS, Context, Query
-from mailplat.imap.envelope_pool import EnvelopeUnavailable
+from mailplat.imap.envelope_pool import elsewhere
+from mailplat.imap.envelope_worker import read_header
 from mailplat.interfaces import IBatchOpen
 from mailplat.store.boundary import RefusedName
 
@@ -26,17 +27,6 @@ CHEAP_BATCH = 2000  # index-only FETCH answers built per reactor turn
 SEEN = frozenset(["\\Seen"])
 
 
-def _read_header(f):
-    """A message's first bytes, up to at least the blank line that ends its header (or all of it)."""
-    data = f.read(8192)
-    while b"\n\n" not in data and b"\n\r\n" not in data:
-        more = f.read(65536)
-        if not more:
-            break
-        data += more
-    return data
-
-
 def _read_all(files, work, header_only=False):
     """
     In a thread: read and close each file, apply `work(data)`; None where
@@ -44,7 +34,7 @@ def _read_all(files, work, header_only=False):
     (and perhaps some body), for answers such as ENVELOPE that need no more.
     """
     results = []
-    read = _read_header if header_only else (lambda f: f.read())
+    read = read_header if header_only else (lambda f: f.read())
     for f in files:
         if f is None:
             results.append(None)
@@ -60,38 +50,6 @@ def _read_all(files, work, header_only=False):
             fetch.report_broken(f)
             results.append(None)
     return results
-
-
-def _envelopes_elsewhere(pool, paths_of, uids, in_threads):
-    """
-    fetch.compute's results for ENVELOPE alone of `uids`, computed by the
-    envelope processes; what they could not read (renamed, unparsable) or
-    everything, when no process answers, is read in threads as before.
-    """
-    paths = paths_of(uids)
-    known = [i for i, p in enumerate(paths) if p is not None]
-    results = [None] * len(uids)
-
-    def got(envelopes):
-        for i, env in zip(known, envelopes):
-            if env is not None:
-                results[i] = ({}, env, None, None)
-        left = [i for i, r in enumerate(results) if r is None]
-        if not left:
-            return results
-
-        def merge(rest):
-            for i, r in zip(left, rest):
-                results[i] = r
-            return results
-
-        return in_threads([uids[i] for i in left]).addCallback(merge)
-
-    def unavailable(failure):
-        failure.trap(EnvelopeUnavailable)
-        return in_threads(uids)
-
-    return pool.envelopes([paths[i] for i in known]).addCallbacks(got, unavailable)
 
 
 class MessageCommands:
@@ -451,7 +409,7 @@ class MessageCommands:
             plans = [prepared(seq, u) for seq, u, _ in chunk]
             need = [c[1] for c, p in zip(chunk, plans) if p[3]]
             if need and paths_of is not None and pool.available:
-                d = _envelopes_elsewhere(pool, paths_of, need, in_threads)
+                d = elsewhere(pool.envelopes, paths_of, need, in_threads, lambda env: ({}, env, None, None))
             else:
                 d = in_threads(need)
             return d.addCallback(lambda results: (chunk, plans, dict(zip(need, results))))

@@ -20,12 +20,14 @@ import base64
 import binascii
 import calendar
 import email.utils
+import json
 import re
 import unicodedata
 
 from twisted.internet import defer, threads
 
 from mailplat.imap import fetch, mime
+from mailplat.imap.envelope_pool import elsewhere
 
 # The cache field; a new layout of the list gets a new name.
 FIELD = "sort1"
@@ -295,38 +297,6 @@ def _read_keys(files):
     return out
 
 
-def _elsewhere(pool, paths_of, uids, in_threads):
-    """The keys of `uids` (a list, None where unreadable) from the envelope processes; the rest in threads."""
-    import json
-
-    from mailplat.imap.envelope_pool import EnvelopeUnavailable
-
-    paths = paths_of(uids)
-    known = [i for i, p in enumerate(paths) if p is not None]
-    results = [None] * len(uids)
-
-    def got(answers):
-        for i, keys in zip(known, answers):
-            if keys is not None:
-                results[i] = json.loads(keys)
-        left = [i for i, r in enumerate(results) if r is None]
-        if not left:
-            return results
-
-        def merge(rest):
-            for i, r in zip(left, rest):
-                results[i] = r
-            return results
-
-        return in_threads([uids[i] for i in left]).addCallback(merge)
-
-    def unavailable(failure):
-        failure.trap(EnvelopeUnavailable)
-        return in_threads(uids)
-
-    return pool.sort_keys([paths[i] for i in known]).addCallbacks(got, unavailable)
-
-
 def message_keys(folder, uids, open_batch, pool=None):
     """
     The sort keys of `uids`: Deferred firing with {uid: list}, from the
@@ -356,7 +326,10 @@ def message_keys(folder, uids, open_batch, pool=None):
         paths_of = None
 
     def read(chunk):
-        d = _elsewhere(pool, paths_of, chunk, in_threads) if paths_of is not None and pool.available else in_threads(chunk)
+        if paths_of is not None and pool.available:
+            d = elsewhere(pool.sort_keys, paths_of, chunk, in_threads, json.loads)
+        else:
+            d = in_threads(chunk)
 
         def got(results):
             for u, keys in zip(chunk, results):

@@ -254,7 +254,7 @@ class AcrossNodes(PostgresSchema, unittest.TestCase):
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                self.fail(f"waited {timeout} s for {what}")
+                self.fail(f"waited {timeout} s for {what() if callable(what) else what}")
             yield task.deferLater(reactor, 0.02, lambda: None)
 
     @defer.inlineCallbacks
@@ -267,7 +267,12 @@ class AcrossNodes(PostgresSchema, unittest.TestCase):
         other = yield (yield b.account(self.user)).folder("INBOX")
         yield other.store_flags([1], ["\\Deleted"], "+")
         yield other.expunge()
-        yield self._until(lambda: [e.kind for e in events] == ["exists", "flags", "expunge"], "flags and expunge")
+        yield self._until(
+            lambda: events[-1].kind == "expunge", lambda: f"the expunge from the other node (events: {events})"
+        )
+        # The flags change may reach this node in the same catch-up as the
+        # expunge (both committed before it read): then only the expunge is told.
+        self.assertIn([e.kind for e in events], [["exists", "flags", "expunge"], ["exists", "expunge"]])
         self.assertEqual(folder.messages(), [])
 
     @defer.inlineCallbacks

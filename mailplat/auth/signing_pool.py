@@ -14,19 +14,16 @@ that ended is started again on the next request, at most once every
 
 import collections
 import fcntl
-import itertools
 import os
-import sys
-import time
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.internet.interfaces import IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-import mailplat
 from mailplat.auth.signing_ring import RING_SIZE, SharedRing
 from mailplat.auth.signing_worker import FAILED, REPLY, encode_meta, encode_request
+from mailplat.worker_pool import WorkerPool, WorkerProcess, spawn_worker
 
 log = Logger()
 
@@ -121,55 +118,39 @@ class RequestPipe:
             self.waiting.clear()
 
 
-class SignerProcess(protocol.ProcessProtocol):
-    """One worker: the requests written to it and not yet answered."""
+class SignerProcess(WorkerProcess):
+    """One worker: the requests written to it and not yet answered (each kept with whether it holds ring space)."""
+
+    name = "DKIM signer process"
+    unavailable = SignerUnavailable
 
     def __init__(self, pool, ring, requests):
-        self.pool = pool
+        super().__init__(pool)
         self.ring = ring  # the SharedRing the messages go in
         self.requests = requests  # the RequestPipe to its stdin
-        self.pending = {}  # request id -> (Deferred, timeout DelayedCall, whether it holds ring space)
-        self.buffer = b""
-        self.ended = defer.Deferred()
-        self.alive = True
 
     def send(self, request_id, meta, data):
-        d = defer.Deferred()
-        timer = self.pool.reactor.callLater(self.pool.timeout, self.hung, request_id)
         offset = self.ring.put(data)
-        self.pending[request_id] = (d, timer, offset is not None)
+        d = self.expect(request_id, offset is not None)
         if offset is None:
             self.requests.write(encode_request(request_id, meta, data))
         else:
             self.requests.write(encode_request(request_id, meta, data, offset))
         return d
 
-    def hung(self, request_id):
-        log.error("DKIM signer process {pid} gave no answer in {timeout} s; killed",
-                  pid=self.transport.pid, timeout=self.pool.timeout)
-        self.pending.pop(request_id)[0].errback(SignerUnavailable("the signer process gave no answer"))
-        self.kill()
-
-    def kill(self):
-        self.alive = False
-        try:
-            self.transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
-
     def outReceived(self, data):
-        self.buffer += data
-        while len(self.buffer) >= REPLY.size:
-            request_id, status, size = REPLY.unpack_from(self.buffer)
-            if len(self.buffer) < REPLY.size + size:
+        buffer = self.buffer
+        buffer += data
+        while len(buffer) >= REPLY.size:
+            request_id, status, size = REPLY.unpack_from(buffer)
+            if len(buffer) < REPLY.size + size:
                 return
-            payload = self.buffer[REPLY.size : REPLY.size + size]
-            self.buffer = self.buffer[REPLY.size + size :]
-            entry = self.pending.pop(request_id, None)
+            payload = bytes(buffer[REPLY.size : REPLY.size + size])
+            del buffer[: REPLY.size + size]
+            entry = self.answered(request_id)
             if entry is None:
                 continue  # answered after its timeout: already signed in-process
-            d, timer, in_ring = entry
-            timer.cancel()
+            d, _, in_ring = entry
             if in_ring:
                 self.ring.release()  # answers come in order: this was the oldest in the ring
             if status == FAILED:
@@ -177,62 +158,35 @@ class SignerProcess(protocol.ProcessProtocol):
             else:
                 d.callback(payload)
 
-    def errReceived(self, data):
-        for line in data.decode("utf-8", "replace").splitlines():
-            log.warn("DKIM signer process {pid}: {line}", pid=self.transport.pid, line=line)
+    def close_input(self):
+        self.requests.finish()
 
-    def processEnded(self, reason):
-        self.alive = False
-        pending, self.pending = self.pending, {}
-        for d, timer, _ in pending.values():
-            timer.cancel()
-            d.errback(SignerUnavailable(f"the signer process ended: {reason.value}"))
-        self.pool.worker_ended(self, reason)
+    def released(self):
         self.requests.close()
         self.ring.close()
-        self.ended.callback(None)
 
 
-class SigningPool:
+class SigningPool(WorkerPool):
     """
     Up to `workers` signer processes; L{sign} gives each request to the
     one with the fewest in flight.
     """
 
+    name = "DKIM signer process"
+    fallback = "messages are signed in-process"
+
     def __init__(self, workers=1, timeout=30.0, restart_delay=5.0, reactor=None):
-        self._reactor = reactor
-        self.size = workers
-        self.timeout = timeout
-        self.restart_delay = restart_delay
+        super().__init__(workers, timeout, restart_delay, reactor)
         self.ring_size = RING_SIZE
-        self.workers = []
-        self.running = False
-        self._ids = itertools.count(1)
-        self._last_start = None
-        self._restart = None  # the DelayedCall that starts a worker again, or None
         self.signed = 0  # answers from a worker (for tests and benchmarks)
         self._meta = {}  # (keys, include) -> their JSON: a user sends with the same key again and again
-
-    @property
-    def reactor(self):
-        if self._reactor is None:  # not imported with the module: the CLI makes pools it never starts
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def start(self):
         """Start the workers (their start-up, importing dkimpy, is then paid before the first message)."""
         self.running = True
-        for _ in range(self.size - len(self.workers)):
-            try:
-                self._spawn()
-            except Exception:  # no process (EAGAIN, EMFILE, ...): in-process, and a new try later
-                log.failure("DKIM signer process not started; messages are signed in-process")
-                return
+        self._start_workers()
 
     def _spawn(self):
-        self._last_start = time.monotonic()
         ring = SharedRing(self.ring_size)
         try:
             stdin, requests = os.pipe()
@@ -240,16 +194,9 @@ class SigningPool:
             ring.close()
             raise
         worker = SignerProcess(self, ring, RequestPipe(self.reactor, requests))
-        # The worker imports the mailplat this server runs, wherever it came from.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(mailplat.__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
-            self.reactor.spawnProcess(
-                worker, sys.executable,
-                [sys.executable, "-m", "mailplat.auth.signing_worker", str(RING_FD), str(ring.size)],
-                env=env, childFDs={0: stdin, 1: "r", 2: "r", RING_FD: ring.fd},
-            )
+            spawn_worker(self.reactor, worker, "mailplat.auth.signing_worker", (str(RING_FD), str(ring.size)),
+                         childFDs={0: stdin, 1: "r", 2: "r", RING_FD: ring.fd})
         except Exception:
             worker.requests.close()
             ring.close()
@@ -283,38 +230,3 @@ class SigningPool:
     def _count(self, signature):
         self.signed += 1
         return signature
-
-    def _start_again(self):
-        if self._restart is not None:
-            return
-        wait = self.restart_delay - (time.monotonic() - self._last_start) if self._last_start else 0
-
-        def restart():
-            self._restart = None
-            if self.running:
-                self.start()
-
-        if wait <= 0:
-            restart()
-        else:
-            self._restart = self.reactor.callLater(wait, restart)
-
-    def worker_ended(self, worker, reason):
-        if worker in self.workers:
-            self.workers.remove(worker)
-        if self.running:
-            log.error("DKIM signer process ended ({reason}); messages are signed in-process until one runs again",
-                      reason=reason.value)
-
-    def stop(self):
-        """Close the workers' input: each ends once its requests are answered. A Deferred."""
-        self.running = False
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart = None
-        waits = []
-        for worker in list(self.workers):
-            worker.requests.finish()
-            timer = self.reactor.callLater(self.timeout, worker.kill)
-            waits.append(worker.ended.addBoth(lambda _, timer=timer: timer.active() and timer.cancel()))
-        return defer.DeferredList(waits)

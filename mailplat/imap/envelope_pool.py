@@ -13,16 +13,13 @@ or more is selected (L{wake}); one that ended is started again on a
 later request, at most once every `restart_delay` seconds.
 """
 
-import itertools
 import os
-import sys
-import time
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 
-import mailplat
 from mailplat.imap.envelope_worker import ENVELOPE, REQUEST, SORT_KEYS, decode_answer, encode_request
+from mailplat.worker_pool import WorkerPool, WorkerProcess, spawn_worker
 
 log = Logger()
 
@@ -76,35 +73,16 @@ def elsewhere(request, paths_of, uids, in_threads, wrap):
     return request([paths[i] for i in known]).addCallbacks(got, unavailable)
 
 
-class EnvelopeProcess(protocol.ProcessProtocol):
+class EnvelopeProcess(WorkerProcess):
     """One worker and its requests not yet answered (answered in order)."""
 
-    def __init__(self, pool):
-        self.pool = pool
-        self.pending = {}  # request id -> (Deferred, timeout DelayedCall)
-        self.buffer = bytearray()
-        self.ended = defer.Deferred()
-        self.alive = True
+    name = "envelope process"
+    unavailable = EnvelopeUnavailable
 
     def send(self, request_id, paths, kind=ENVELOPE):
-        d = defer.Deferred()
-        timer = self.pool.reactor.callLater(self.pool.timeout, self.hung, request_id)
-        self.pending[request_id] = (d, timer)
+        d = self.expect(request_id)
         self.transport.write(encode_request(request_id, paths, kind))
         return d
-
-    def hung(self, request_id):
-        log.error("envelope process {pid} gave no answer in {timeout} s; killed",
-                  pid=self.transport.pid, timeout=self.pool.timeout)
-        self.pending.pop(request_id)[0].errback(EnvelopeUnavailable("the envelope process gave no answer"))
-        self.kill()
-
-    def kill(self):
-        self.alive = False
-        try:
-            self.transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
 
     def outReceived(self, data):
         buffer = self.buffer
@@ -115,49 +93,20 @@ class EnvelopeProcess(protocol.ProcessProtocol):
                 return
             payload = bytes(buffer[REQUEST.size : REQUEST.size + size])
             del buffer[: REQUEST.size + size]
-            entry = self.pending.pop(request_id, None)
-            if entry is None:
-                continue  # answered after its timeout: already read in-process
-            d, timer = entry
-            timer.cancel()
-            d.callback(decode_answer(payload))
-
-    def errReceived(self, data):
-        for line in data.decode("utf-8", "replace").splitlines():
-            log.warn("envelope process {pid}: {line}", pid=self.transport.pid, line=line)
-
-    def processEnded(self, reason):
-        self.alive = False
-        pending, self.pending = self.pending, {}
-        for d, timer in pending.values():
-            timer.cancel()
-            d.errback(EnvelopeUnavailable(f"the envelope process ended: {reason.value}"))
-        self.pool.worker_ended(self, reason)
-        self.ended.callback(None)
+            entry = self.answered(request_id)
+            if entry is not None:  # else answered after its timeout: already read in-process
+                entry[0].callback(decode_answer(payload))
 
 
-class EnvelopePool:
+class EnvelopePool(WorkerPool):
     """Up to `workers` envelope processes, started and stopped with the server."""
 
+    name = "envelope process"
+    fallback = "envelopes are computed in-process"
+
     def __init__(self, workers=None, timeout=30.0, restart_delay=5.0, reactor=None):
-        self._reactor = reactor
-        self.size = default_workers() if workers is None else workers
-        self.timeout = timeout
-        self.restart_delay = restart_delay
-        self.workers = []
-        self.running = False
-        self._ids = itertools.count(1)
-        self._last_start = None
-        self._restart = None
+        super().__init__(default_workers() if workers is None else workers, timeout, restart_delay, reactor)
         self.answered = 0  # messages computed by a worker (for tests and benchmarks)
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     @property
     def available(self):
@@ -175,22 +124,9 @@ class EnvelopePool:
         if self.running and sum(w.alive for w in self.workers) < self.size:
             self._start_again()
 
-    def _start_workers(self):
-        for _ in range(self.size - len(self.workers)):
-            try:
-                self._spawn()
-            except Exception:  # no process (EAGAIN, EMFILE, ...): threads, and a new try later
-                log.failure("envelope process not started; envelopes are computed in-process")
-                return
-
     def _spawn(self):
-        self._last_start = time.monotonic()
         worker = EnvelopeProcess(self)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(mailplat.__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "mailplat.imap.envelope_worker"],
-                                  env=env, childFDs={0: "w", 1: "r", 2: "r"})
+        spawn_worker(self.reactor, worker, "mailplat.imap.envelope_worker")
         self.workers.append(worker)
 
     def envelopes(self, paths):
@@ -230,40 +166,4 @@ class EnvelopePool:
         failure.trap(defer.FirstError)
         return failure.value.subFailure
 
-    def _start_again(self):
-        if self._restart is not None:
-            return
-        wait = self.restart_delay - (time.monotonic() - self._last_start) if self._last_start else 0
-
-        def restart():
-            self._restart = None
-            if self.running:
-                self._start_workers()
-
-        if wait <= 0:
-            restart()
-        else:
-            self._restart = self.reactor.callLater(wait, restart)
-
-    def worker_ended(self, worker, reason):
-        if worker in self.workers:
-            self.workers.remove(worker)
-        if self.running:
-            log.error("envelope process ended ({reason}); envelopes are computed in-process until one runs again",
-                      reason=reason.value)
-
-    def stopService(self):
-        """Close the workers' input: each ends once its requests are answered. A Deferred."""
-        self.running = False
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart = None
-        waits = []
-        for worker in list(self.workers):
-            try:
-                worker.transport.closeStdin()
-            except Exception:
-                pass
-            timer = self.reactor.callLater(self.timeout, worker.kill)
-            waits.append(worker.ended.addBoth(lambda _, timer=timer: timer.active() and timer.cancel()))
-        return defer.DeferredList(waits)
+    stopService = WorkerPool.stop
